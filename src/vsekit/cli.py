@@ -1,0 +1,152 @@
+"""The ``vsekit`` command. Sub-commands call library functions; user errors become one line
+on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from vsekit import __version__
+from vsekit.errors import VsekitError
+
+RECIPES = Path(__file__).parent / "configs"
+
+
+def recipe_path(name_or_path: str) -> Path:
+    """A YAML path as given, or the name of a built-in recipe (``demo``, ``flickr8k_vsepp``)."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return path
+    builtin = RECIPES / f"{name_or_path}.yaml"
+    if builtin.is_file():
+        return builtin
+    known = ", ".join(sorted(p.stem for p in RECIPES.glob("*.yaml")))
+    raise VsekitError(f"no config file or built-in recipe named {name_or_path!r} "
+                      f"(built-in recipes: {known})")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from vsekit.config import load_config
+    from vsekit.eval.table import format_metrics
+    from vsekit.train.run_dir import load_run_config
+    from vsekit.train.trainer import train
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        config = load_run_config(run_dir)
+        if args.config or args.set:
+            raise VsekitError("--resume continues a run with its saved config; do not pass a "
+                              "config or --set with it")
+    else:
+        if not args.config:
+            raise VsekitError("vsekit train needs a CONFIG (a YAML file or a built-in recipe "
+                              "name such as demo) or --resume RUN_DIR")
+        config = load_config(recipe_path(args.config), args.set)
+        run_dir = Path(args.run_dir or config.run_dir)
+    result = train(config, run_dir, resume=bool(args.resume), progress=not args.no_progress)
+    if "metrics" in result:
+        print(format_metrics(result["metrics"], f"{result['split']} split, best dev epoch "
+                                                f"{result['best_epoch'] + 1}"))
+    print(f"run directory: {run_dir}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from vsekit.eval.run import evaluate_run
+    from vsekit.eval.table import format_metrics
+
+    metrics = evaluate_run(Path(args.run_dir), split=args.split, checkpoint=args.checkpoint,
+                           progress=not args.no_progress)
+    if args.json:
+        print(json.dumps(metrics, indent=2, sort_keys=True))
+    else:
+        print(format_metrics(metrics, f"{args.split} split ({args.checkpoint} checkpoint)"))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = args.run_dir or f"runs/demo-{stamp}"
+    overrides = [f"run_dir={run_dir}", *args.set]
+    ns = argparse.Namespace(config="demo", set=overrides, run_dir=run_dir, resume=None,
+                            no_progress=args.no_progress)
+    return _train(ns)
+
+
+def _features(args: argparse.Namespace) -> int:
+    from vsekit.models.features import extract_features, list_images
+
+    images = list_images(Path(args.images))
+    out = Path(args.out)
+    array = extract_features(images, out, batch_size=args.batch_size, progress=not args.no_progress)
+    print(f"wrote {out} {tuple(array.shape)} and its image list {out.with_suffix('.txt')}")
+    return 0
+
+
+def _recipes(args: argparse.Namespace) -> int:
+    for path in sorted(RECIPES.glob("*.yaml")):
+        first = path.read_text(encoding="utf-8").splitlines()[0].lstrip("# ").strip()
+        print(f"{path.stem:<28}{first}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vsekit", description="Train and evaluate image-text retrieval models that know "
+                                   "their negatives may be false negatives.")
+    parser.add_argument("--version", action="version", version=f"vsekit {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model from a YAML recipe")
+    p.add_argument("config", nargs="?", help="YAML file or built-in recipe name (see `vsekit recipes`)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.lr=1e-3 (repeatable)")
+    p.add_argument("--run-dir", help="where to write the run (default: the config's run_dir)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("eval", help="evaluate a trained run on a split")
+    p.add_argument("run_dir", help="a run directory written by `vsekit train`")
+    p.add_argument("--split", default="test", help="split to evaluate (default test)")
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_eval)
+
+    p = sub.add_parser("demo", help="train + evaluate on the built-in synthetic dataset")
+    p.add_argument("--run-dir", help="where to write the run (default runs/demo-TIMESTAMP)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser("features", help="extract EfficientNet-Lite0 features of an image folder")
+    p.add_argument("images", help="folder of JPEG/PNG images")
+    p.add_argument("--out", required=True, help="output .npy ([N, 1280]); a .txt lists the images")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_features)
+
+    p = sub.add_parser("recipes", help="list the built-in YAML recipes")
+    p.set_defaults(func=_recipes)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except VsekitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return VsekitError.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

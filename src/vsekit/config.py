@@ -1,0 +1,182 @@
+"""Typed run configuration, loaded from YAML with ``--set key=value`` overrides.
+
+Fixed sections (``train``, ``eval``) are dataclasses. Component sections (``data``,
+``model.image``, ``model.text``, ``loss``) name a registered component and carry that
+component's own parameters, validated against its parameter dataclass.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from vsekit.errors import VsekitError
+from vsekit.registry import parse_dataclass
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping for ``vsekit train``."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 2e-4
+    weight_decay: float = 1e-4
+    warmup_steps: int = 0
+    schedule: Literal["constant", "cosine", "step"] = "cosine"
+    step_epochs: list[int] = field(default_factory=list)
+    step_gamma: float = 0.1
+    grad_clip: float = 2.0
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    device: str = "auto"
+    num_workers: int = 0
+    log_every: int = 20
+    eval_every: int = 1
+    max_steps: int | None = None
+    keep_last: int = 2
+    drop_last: bool = True
+    progress: bool = True
+
+    def validate(self, where: str) -> None:
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size,
+                    "log_every": self.log_every, "eval_every": self.eval_every,
+                    "keep_last": self.keep_last}
+        for name, value in positive.items():
+            if value < 1:
+                raise VsekitError(f"{where}.{name} must be at least 1, got {value}")
+        if self.lr <= 0:
+            raise VsekitError(f"{where}.lr must be positive, got {self.lr}")
+        for name in ("weight_decay", "warmup_steps", "grad_clip", "num_workers"):
+            if getattr(self, name) < 0:
+                raise VsekitError(f"{where}.{name} must be non-negative, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise VsekitError(f"{where}.max_steps must be at least 1 or null, got {self.max_steps}")
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation settings: batch size for encoding, chunk size for similarity."""
+
+    batch_size: int = 256
+    chunk_size: int = 1024
+    split: str = "test"
+
+    def validate(self, where: str) -> None:
+        for name in ("batch_size", "chunk_size"):
+            if getattr(self, name) < 1:
+                raise VsekitError(f"{where}.{name} must be at least 1, got {getattr(self, name)}")
+
+
+@dataclass
+class ModelConfig:
+    """Joint embedding size and the two encoders (each ``{type: NAME, **params}``)."""
+
+    embed_dim: int = 256
+    image: dict = field(default_factory=lambda: {"type": "projection"})
+    text: dict = field(default_factory=lambda: {"type": "bigru"})
+
+    def validate(self, where: str) -> None:
+        if self.embed_dim < 1:
+            raise VsekitError(f"{where}.embed_dim must be at least 1, got {self.embed_dim}")
+
+
+@dataclass
+class Config:
+    """A whole run. ``data`` and ``loss`` are ``{format|name: NAME, **params}`` sections."""
+
+    seed: int = 0
+    run_dir: str = "runs/run"
+    data: dict = field(default_factory=lambda: {"format": "synthetic"})
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: dict = field(default_factory=lambda: {"name": "vsepp"})
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self, where: str = "config") -> None:
+        """Check the component sections against their registries (imports them lazily)."""
+        from vsekit.data.formats import DATA_FORMATS
+        from vsekit.losses import LOSSES
+        from vsekit.models import IMAGE_ENCODERS, TEXT_ENCODERS
+
+        DATA_FORMATS.parse(self.data, f"{where}.data")
+        IMAGE_ENCODERS.parse(self.model.image, f"{where}.model.image")
+        TEXT_ENCODERS.parse(self.model.text, f"{where}.model.text")
+        LOSSES.parse(self.loss, f"{where}.loss")
+
+
+def _parse_scalar(text: str) -> Any:
+    """A ``--set`` value as YAML, minus YAML 1.1 surprises (``off`` → False, ``1e-3`` → str)."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, bool) and text.strip().lower() not in ("true", "false"):
+        return text
+    if isinstance(value, str):
+        try:
+            return float(text)
+        except ValueError:
+            return value
+    return value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` strings (values parsed as YAML) to a nested dict copy."""
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise VsekitError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.lr=1e-3")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise VsekitError(f"--set {item!r}: empty key part in {key!r}")
+        node = raw
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise VsekitError(f"--set {item!r}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = _parse_scalar(value)
+    return raw
+
+
+def config_from_dict(raw: Any, where: str = "config") -> Config:
+    """Parse and fully validate a config mapping."""
+    config = parse_dataclass(Config, raw, where)
+    config.validate(where)
+    return config
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping with one-line errors for missing or malformed files."""
+    path = Path(path)
+    if not path.is_file():
+        raise VsekitError(f"config file {str(path)!r} not found; pass a YAML recipe such as "
+                          "configs/demo.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise VsekitError(f"config file {str(path)!r} is not valid YAML: {first}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise VsekitError(f"config file {str(path)!r} must hold a mapping at the top level")
+    return raw
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML recipe (or the defaults when ``path`` is None) and apply overrides."""
+    raw = load_yaml(path) if path is not None else {}
+    raw = apply_overrides(raw, overrides or [])
+    return config_from_dict(raw, where=str(path) if path else "config")

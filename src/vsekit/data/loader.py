@@ -1,0 +1,82 @@
+"""Batches of caption-image pairs: a resumable epoch order and the collate step.
+
+Training iterates over captions (one pair per caption, the VSE convention). The order of an
+epoch is a permutation drawn from ``(seed, epoch)`` alone, so a run resumed at batch k of an
+epoch sees exactly the batches an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from vsekit.data.dataset import Batch, RetrievalSplit
+from vsekit.errors import require
+from vsekit.models.vse import VSEModel
+
+
+class EpochBatchSampler(Sampler[list[int]]):
+    """Caption-index batches of one epoch, in a permutation fixed by ``(seed, epoch)``.
+
+    ``start_batch`` skips the first batches (resume in the middle of an epoch).
+    """
+
+    def __init__(self, n_items: int, batch_size: int, *, seed: int, epoch: int,
+                 shuffle: bool = True, drop_last: bool = True, start_batch: int = 0) -> None:
+        require(n_items > 0, "cannot build batches from an empty split")
+        self.n_items, self.batch_size = n_items, batch_size
+        self.seed, self.epoch, self.shuffle = seed, epoch, shuffle
+        self.drop_last, self.start_batch = drop_last, start_batch
+
+    def order(self) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(self.n_items)
+        rng = np.random.default_rng([self.seed, self.epoch])
+        return rng.permutation(self.n_items)
+
+    def batches(self) -> list[np.ndarray]:
+        order = self.order()
+        stop = (self.n_items // self.batch_size * self.batch_size if self.drop_last
+                else self.n_items)
+        return [order[i:i + self.batch_size] for i in range(0, stop, self.batch_size)]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.batches()[self.start_batch:]:
+            yield batch.tolist()
+
+    def __len__(self) -> int:
+        return len(self.batches()) - self.start_batch
+
+
+class PairCollate:
+    """Turns a list of caption indices into a :class:`Batch` using the encoders' ``prepare``."""
+
+    def __init__(self, split: RetrievalSplit, model: VSEModel, train: bool) -> None:
+        self.split, self.model, self.train = split, model, train
+
+    def __call__(self, caption_index: Sequence[int]) -> Batch:
+        caps = np.asarray(caption_index, dtype=np.int64)
+        imgs = self.split.caption_to_image[caps]
+        return Batch(
+            images=self.model.image_encoder.prepare(self.split.images, imgs, self.train),
+            text=self.model.text_encoder.prepare(self.split, caps),
+            image_index=torch.from_numpy(imgs),
+            caption_index=torch.from_numpy(caps),
+            image_ids=torch.from_numpy(self.split.image_groups[imgs]),
+        )
+
+
+def train_loader(split: RetrievalSplit, model: VSEModel, *, batch_size: int, seed: int,
+                 epoch: int, start_batch: int = 0, drop_last: bool = True,
+                 num_workers: int = 0) -> DataLoader:
+    """Loader over the captions of ``split`` for one epoch (augmentation on)."""
+    require(batch_size <= split.n_captions,
+            f"batch size {batch_size} is larger than the {split.n_captions} training captions; "
+            f"lower train.batch_size")
+    sampler = EpochBatchSampler(split.n_captions, batch_size, seed=seed, epoch=epoch,
+                                drop_last=drop_last, start_batch=start_batch)
+    return DataLoader(range(split.n_captions), batch_sampler=sampler,
+                      collate_fn=PairCollate(split, model, train=True), num_workers=num_workers)

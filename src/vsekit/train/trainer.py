@@ -1,0 +1,285 @@
+"""The training loop: AdamW, warm-up + schedule, clipping, AMP on GPU, checkpoints, evaluation.
+
+One optimiser step per batch. State that must survive a restart (model, loss state,
+optimiser, scheduler, scaler, RNGs, position in the epoch, best dev rsum) is in every
+checkpoint, so ``--resume`` continues exactly where the run stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from vsekit.config import Config
+from vsekit.data import RetrievalSplit, load_splits
+from vsekit.data.loader import train_loader
+from vsekit.errors import VsekitError
+from vsekit.eval.encode import evaluate
+from vsekit.losses import LOSSES
+from vsekit.models.vse import build_model, context_from_split
+from vsekit.train import checkpoint as ckpt
+from vsekit.train.logging import MetricLogger
+from vsekit.train.run_dir import BEST, CHECKPOINTS, FINAL_METRICS, prepare_run_dir, write_json
+from vsekit.train.schedule import lr_factor
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise VsekitError(f"train.device {name!r} is not a torch device (use auto, cpu or cuda)"
+                          ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise VsekitError("train.device is cuda but no GPU is available; use train.device=auto")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass
+class Progress:
+    """Where the run is: epochs done, batch within the epoch, optimiser steps, best dev rsum."""
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    best_rsum: float = float("-inf")
+    best_epoch: int = -1
+
+
+class Trainer:
+    """Trains one run described by a :class:`Config` into ``run_dir``."""
+
+    def __init__(self, config: Config, run_dir: Path, *, resume: bool = False,
+                 progress: bool | None = None) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.show_progress = config.train.progress if progress is None else progress
+        self.device = resolve_device(config.train.device)
+        seed_everything(config.seed)
+        splits = load_splits(config.data)
+        self.train_split = self._split(splits, "train")
+        self.dev_split = splits.get("dev")
+        self.test_split = splits.get(config.eval.split)
+        self.model = build_model(config.model, context_from_split(config.model, self.train_split))
+        self.model.to(self.device)
+        name, params = LOSSES.parse(config.loss, "loss")
+        self.loss_fn = LOSSES.build(name, params).to(self.device)
+        if hasattr(self.loss_fn, "bind"):  # stateful losses: momentum copies, label caches
+            self.loss_fn.bind(model=self.model, train_split=self.train_split, config=config)
+            self.loss_fn.to(self.device)
+        self.optimizer = torch.optim.AdamW(
+            [p for p in (*self.model.parameters(), *self.loss_fn.parameters()) if p.requires_grad],
+            lr=config.train.lr, weight_decay=config.train.weight_decay)
+        self.steps_per_epoch = self.train_split.n_captions // config.train.batch_size
+        if not config.train.drop_last and self.train_split.n_captions % config.train.batch_size:
+            self.steps_per_epoch += 1
+        total = self.steps_per_epoch * config.train.epochs
+        if config.train.max_steps is not None:
+            total = min(total, config.train.max_steps)
+        self.total_steps = total
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_factor(config.train, self.steps_per_epoch, total))
+        self.amp_dtype = self._amp_dtype()
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.state = Progress()
+        if resume:
+            self._restore()
+        else:
+            prepare_run_dir(config, self.run_dir)
+        self.logger = MetricLogger(self.run_dir)
+
+    @staticmethod
+    def _split(splits: dict[str, RetrievalSplit], name: str) -> RetrievalSplit:
+        if name not in splits:
+            raise VsekitError(f"the dataset has no {name!r} split (found: {', '.join(splits)})")
+        return splits[name]
+
+    def _amp_dtype(self) -> torch.dtype | None:
+        choice = self.config.train.amp
+        if self.device.type != "cuda" or choice == "off":
+            return None
+        if choice == "fp16":
+            return torch.float16
+        if choice == "bf16" or torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float16
+
+    # ----------------------------------------------------------------- checkpoints
+    def _checkpoint_state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "loss": self.loss_fn.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "progress": vars(self.state).copy(),
+            "rng": rng_state(),
+            "config": self.config.to_dict(),
+        }
+
+    def save(self) -> Path:
+        folder = self.run_dir / CHECKPOINTS
+        path = folder / f"step-{self.state.step}.pt"
+        ckpt.save_checkpoint(self._checkpoint_state(), path)
+        ckpt.prune_checkpoints(folder, self.config.train.keep_last)
+        return path
+
+    def _restore(self) -> None:
+        path, state = ckpt.latest_good_checkpoint(self.run_dir / CHECKPOINTS, self.device)
+        self.model.load_state_dict(state["model"])
+        self.loss_fn.load_state_dict(state["loss"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.state = Progress(**state["progress"])
+        set_rng_state(state["rng"])
+        self._truncate_log(self.state.step)
+        self.resumed_from = path
+
+    def _truncate_log(self, step: int) -> None:
+        """Drop log rows written after the checkpoint we resume from (they will be redone)."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.is_file():
+            return
+        import json
+
+        rows = [line for line in path.read_text(encoding="utf-8").splitlines()
+                if line and json.loads(line)["step"] <= step]
+        ckpt.atomic_write_bytes(path, ("".join(r + "\n" for r in rows)).encode())
+
+    # ----------------------------------------------------------------- training
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def train_step(self, batch, epoch: int) -> dict[str, torch.Tensor]:
+        """One optimiser step on ``batch``; returns detached diagnostics (no host sync)."""
+        batch = batch.to(self.device)
+        with self._autocast():
+            image_emb, text_emb = self.model(batch)
+            out = self.loss_fn(image_emb, text_emb, batch.image_ids, epoch=epoch,
+                               step=self.state.step, batch=batch, model=self.model)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(out.loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            [p for g in self.optimizer.param_groups for p in g["params"]],
+            self.config.train.grad_clip if self.config.train.grad_clip > 0 else float("inf"))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return {"loss": out.loss.detach(), "grad_norm": grad_norm.detach(), **out.diagnostics}
+
+    def _finished(self) -> bool:
+        max_steps = self.config.train.max_steps
+        return (self.state.epoch >= self.config.train.epochs
+                or (max_steps is not None and self.state.step >= max_steps))
+
+    def fit(self) -> dict[str, Any]:
+        """Train until done (resuming where the state says), then evaluate the best model."""
+        cfg = self.config.train
+        started = time.perf_counter()
+        while not self._finished():
+            epoch = self.state.epoch
+            if self.state.batch == 0 and hasattr(self.loss_fn, "on_epoch_start"):
+                self.loss_fn.on_epoch_start(epoch)
+            loader = train_loader(self.train_split, self.model, batch_size=cfg.batch_size,
+                                  seed=self.config.seed, epoch=epoch, start_batch=self.state.batch,
+                                  drop_last=cfg.drop_last, num_workers=cfg.num_workers)
+            self.model.train()
+            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
+                       disable=not self.show_progress, leave=False)
+            for batch in bar:
+                diagnostics = self.train_step(batch, epoch)
+                self.state.step += 1
+                self.state.batch += 1
+                if not torch.isfinite(diagnostics["loss"]):
+                    raise VsekitError(f"the loss became non-finite at step {self.state.step}; "
+                                      "lower train.lr or check the input features for NaN")
+                if self.state.step % cfg.log_every == 0:
+                    values = {k: float(v) for k, v in diagnostics.items()}
+                    values["lr"] = self.scheduler.get_last_lr()[0]
+                    self.logger.log("train", self.state.step, epoch, values)
+                    bar.set_postfix(loss=f"{values['loss']:.4f}")
+                if self._finished():
+                    break
+            bar.close()
+            if self.state.batch >= len(loader) + loader.batch_sampler.start_batch:
+                self.state.epoch += 1
+                self.state.batch = 0
+            if self.dev_split is not None and (self.state.epoch % cfg.eval_every == 0
+                                               or self._finished()):
+                self._evaluate_dev(epoch)
+            self.save()
+        train_seconds = time.perf_counter() - started
+        return self._final(train_seconds)
+
+    def _evaluate_dev(self, epoch: int) -> None:
+        metrics = evaluate(self.model, self.dev_split, batch_size=self.config.eval.batch_size,
+                           chunk_size=self.config.eval.chunk_size, device=self.device)
+        self.logger.log("dev", self.state.step, epoch, metrics)
+        if metrics["rsum"] > self.state.best_rsum:
+            self.state.best_rsum = metrics["rsum"]
+            self.state.best_epoch = epoch
+            ckpt.save_checkpoint({"model": self.model.state_dict(), "epoch": epoch,
+                                  "step": self.state.step, "dev_metrics": metrics,
+                                  "config": self.config.to_dict()},
+                                 self.run_dir / CHECKPOINTS / BEST)
+
+    def _final(self, train_seconds: float) -> dict[str, Any]:
+        best = self.run_dir / CHECKPOINTS / BEST
+        if best.is_file():
+            self.model.load_state_dict(ckpt.load_checkpoint(best, self.device)["model"])
+        result: dict[str, Any] = {"best_epoch": self.state.best_epoch,
+                                  "best_dev_rsum": self.state.best_rsum,
+                                  "steps": self.state.step,
+                                  "train_seconds_this_session": round(train_seconds, 1)}
+        if self.test_split is not None:
+            result["split"] = self.test_split.name
+            result["metrics"] = evaluate(self.model, self.test_split,
+                                         batch_size=self.config.eval.batch_size,
+                                         chunk_size=self.config.eval.chunk_size,
+                                         device=self.device, progress=self.show_progress)
+            self.logger.log("test", self.state.step, self.state.epoch, result["metrics"])
+        write_json(self.run_dir / FINAL_METRICS, result)
+        self.logger.close()
+        return result
+
+
+def train(config: Config, run_dir: Path, *, resume: bool = False,
+          progress: bool | None = None) -> dict[str, Any]:
+    """Train a run (or resume it) and return the final metrics written to the run dir."""
+    return Trainer(config, run_dir, resume=resume, progress=progress).fit()
