@@ -1,18 +1,19 @@
 """FNE loss-path speed: vsekit vs a port of the reference implementation (LuminosityX/FNE).
 
-Times one FNE step after the similarities, both directions: statistics update + sampling
-weights + one weighted draw per anchor + hinge on the drawn negative. Inputs are seeded,
+Times the FNE loss path, both directions: the two B×N similarity matrices, statistics update,
+sampling weights, one weighted draw per anchor and the hinge on the drawn negative. Inputs are seeded,
 structured unit embeddings: B anchors against pools of N = B + Q candidates (batch momentum
 features + queue), with repeated image ids (several captions per image). Both sides start from
 the same statistics (warmed up past ``min_count`` on identical batches, so the Gaussian branch
-runs), get the same inputs every repetition, and must produce the same statistics and the same
-sampling weights (asserted in float64 to 1e-9; in float32 to 1e-5, save decisions whose input
-lies within 1e-6 of a threshold, which the two roundings may split). Both paths run forward
-only (no autograd), single-threaded by default: the numbers are the loss-path cost, not a step.
-A third line times vsekit with ``sampler: multinomial`` (the reference's ``torch.multinomial``).
+runs), get the same inputs every repetition, and must end with the same statistics and give the
+same sampling weights (asserted in float64 to 1e-9; in float32 to 1e-5, save decisions whose input
+lies within 1e-6 of a threshold, which the two roundings may split). Both paths are timed forward only (no autograd) and forward + backward (gradient to the online
+embeddings), single-threaded by default; each includes its two B×N similarity matmuls. A third
+line times vsekit with ``sampler: multinomial`` (the reference's ``torch.multinomial``).
 
     python benchmarks/fne_loss.py            # B = 128, Q = 8224, D = 256 (CPU)
     python benchmarks/fne_loss.py --quick    # small smoke run
+    python benchmarks/fne_loss.py --full-step configs/demo.yaml --threads 2   # whole steps
 """
 
 from __future__ import annotations
@@ -22,18 +23,26 @@ import copy
 import dataclasses
 import platform
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from vsekit.losses.fne import FNEParams, fallback_index, fne_loss_path, sampling_weights
+from vsekit.losses.fne import (
+    FNEParams,
+    Pools,
+    fallback_index,
+    fne_loss_path,
+    sampling_weights,
+)
 from vsekit.losses.ranking import batch_similarities
 from vsekit.losses.stats import SimilarityStats, inbatch_observations
 
-FULL = {"batch": 128, "queue": 8224, "dim": 256, "repeats": 15}
+FULL = {"batch": 128, "queue": 8224, "dim": 256, "repeats": 21}
 QUICK = {"batch": 16, "queue": 64, "dim": 32, "repeats": 3}
 
 
@@ -242,27 +251,34 @@ def check_weights(x: dict[str, torch.Tensor], ref: ReferenceState, ours: Similar
 # --------------------------------------------------------------------------- timing
 
 
-def median_seconds(fn: Callable[[], Any], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def time_paths(paths: dict[str, Callable[..., torch.Tensor]], image: torch.Tensor,
+               text: torch.Tensor, backward: bool, repeats: int) -> dict[str, float]:
+    """Median seconds of each path(image, text), with ``loss.backward()`` when ``backward``."""
+
+    def step(path: Callable[..., torch.Tensor]) -> None:
+        loss = path(image, text)
+        if backward:
+            loss.backward()
+
+    times: dict[str, list[float]] = {name: [] for name in paths}
+    with torch.set_grad_enabled(backward):
+        for path in paths.values():  # warm caches and allocator
+            step(path)
+        for _ in range(repeats):  # interleaved: load changes on a shared CPU hit every path
+            for name, path in paths.items():
+                start = time.perf_counter()
+                step(path)
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small smoke run")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (default 1: stable timings on a shared machine)")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    size = QUICK if args.quick else FULL
+def loss_path_benchmark(quick: bool) -> None:
+    """Equal weights, then the timings of the reference port and vsekit's loss path."""
+    size = QUICK if quick else FULL
     batch, queue, dim, repeats = size["batch"], size["queue"], size["dim"], size["repeats"]
     params = FNEParams(queue_size=queue)
-    warm_steps = params.min_count // batch + 3 if not args.quick else 30
-    if args.quick:
+    warm_steps = params.min_count // batch + 3 if not quick else 30
+    if quick:
         params = FNEParams(queue_size=queue, min_count=20)
 
     # Equality: float64 (tight) and float32 (the training dtype).
@@ -280,39 +296,94 @@ def main() -> None:
     x = make_inputs(batch, queue, dim, 0, torch.float32)
     ref, ours = warm_statistics(batch, dim, torch.float32, warm_steps)
     generator = torch.Generator().manual_seed(0)
-    image, text = x["image"], x["text"]
-    sims_i2t = image @ x["caption_pool"].T
-    sims_t2i = text @ x["image_pool"].T
     ids = torch.zeros(batch, dtype=torch.int64)
+    pools = Pools(image=x["image_pool"], caption=x["caption_pool"])
 
-    def reference_path() -> torch.Tensor:
+    def reference_path(image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        sims_i2t, sims_t2i = image @ pools.caption.T, text @ pools.image.T
         return hard_triplet_loss_port(image, text, sims_i2t, sims_t2i, params.margin,
                                       x["mask"], ref, params.min_count) / batch
 
-    def vsekit_path(stats: SimilarityStats, options: FNEParams) -> Callable[[], torch.Tensor]:
-        def run() -> torch.Tensor:
+    def vsekit_path(stats: SimilarityStats, options: FNEParams) -> Callable[..., torch.Tensor]:
+        def run(image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
             inbatch = batch_similarities(image, text, ids)
-            return fne_loss_path(inbatch, sims_i2t, sims_t2i, x["mask"], stats, options,
+            return fne_loss_path(inbatch, image, text, pools, x["mask"], stats, options,
                                  generator).loss
 
         return run
 
-    with_multinomial = dataclasses.replace(params, sampler="multinomial")
-    runs = [reference_path, vsekit_path(ours, params),
-            vsekit_path(copy.deepcopy(ours), with_multinomial)]
-    with torch.no_grad():
-        for fn in runs:  # warm caches and allocator
-            fn()
-        t_ref, t_ours, t_multinomial = (median_seconds(fn, repeats) for fn in runs)
-    assert_same_state(ref, ours, rtol=1e-5)  # both took the same number of updates
+    paths = {"reference port (HardTripletLoss)": reference_path,
+             "vsekit fne_loss_path": vsekit_path(ours, params),
+             "  same, sampler: multinomial": vsekit_path(
+                 copy.deepcopy(ours), dataclasses.replace(params, sampler="multinomial"))}
     print(f"device: CPU ({platform.processor() or platform.machine()}), "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}")
-    print(f"B = {batch}, N = B + {queue} = {batch + queue}, D = {dim}, median of {repeats}")
-    print(f"reference port (HardTripletLoss): {t_ref * 1e3:8.2f} ms")
-    print(f"vsekit fne_loss_path:             {t_ours * 1e3:8.2f} ms")
-    print(f"  same, sampler: multinomial:     {t_multinomial * 1e3:8.2f} ms "
-          f"({t_ref / t_multinomial:.2f}x)")
-    print(f"speed-up: {t_ref / t_ours:.2f}x")
+    print(f"B = {batch}, N = B + {queue} = {batch + queue}, D = {dim}, median of {repeats}; "
+          "each path includes its two B×N similarity matmuls")
+    for backward in (False, True):
+        image, text = (x[k].detach().requires_grad_(backward) for k in ("image", "text"))
+        times = time_paths(paths, image, text, backward, repeats)
+        t_ref = times["reference port (HardTripletLoss)"]
+        print("forward + backward:" if backward else "forward (no autograd):")
+        for name, seconds in times.items():
+            print(f"  {name:34s} {seconds * 1e3:8.2f} ms  ({t_ref / seconds:.2f}x)")
+    assert_same_state(ref, ours, rtol=1e-5)  # both took the same number of updates
+
+
+def full_step_benchmark(config_path: str, overrides: list[str], steps: int) -> None:
+    """Whole training steps (forward, loss, backward, clip, optimiser) of one recipe's model
+    and batches, with the recipe's loss replaced by ``vsepp`` and by ``fne`` (past its
+    warm-up); the two trainers alternate step by step."""
+    from vsekit.config import load_config
+    from vsekit.data.loader import train_loader
+    from vsekit.train.trainer import Trainer
+
+    trainers = {}
+    run_root = tempfile.TemporaryDirectory(prefix="fne-bench-")
+    for name, section in {"vsepp": {"name": "vsepp", "margin": 0.2},
+                          "fne": {"name": "fne"}}.items():
+        config = load_config(config_path, overrides)
+        config.loss = section
+        config.validate()
+        trainers[name] = Trainer(config, Path(run_root.name) / name, progress=False)
+        trainers[name].model.train()
+    first = trainers["vsepp"]
+    loader = train_loader(first.train_split, first.model, batch_size=config.train.batch_size,
+                          seed=config.seed, epoch=0)
+    batches = [b for _, b in zip(range(steps + 2), loader, strict=False)]
+    times: dict[str, list[float]] = {name: [] for name in trainers}
+    for k, batch in enumerate(batches):
+        for name, trainer in trainers.items():
+            start = time.perf_counter()
+            trainer.train_step(batch, epoch=1)
+            if trainer.device.type == "cuda":
+                torch.cuda.synchronize()
+            if k >= 2:  # the first two warm the allocator, cuDNN and the queue
+                times[name].append(time.perf_counter() - start)
+    median = {name: statistics.median(values) for name, values in times.items()}
+    for name, seconds in median.items():
+        print(f"{name:6s} step: {seconds * 1e3:9.2f} ms (median of {steps}, device "
+              f"{first.device}, batch {config.train.batch_size})")
+    print(f"FNE / VSE++ step time: {median['fne'] / median['vsepp']:.2f}x")
+    run_root.cleanup()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small smoke run")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1: stable timings on a shared machine)")
+    parser.add_argument("--full-step", metavar="CONFIG",
+                        help="instead, time whole training steps of this recipe, VSE++ vs FNE")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for --full-step (repeatable)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps for --full-step")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.full_step:
+        full_step_benchmark(args.full_step, args.set, args.steps)
+    else:
+        loss_path_benchmark(args.quick)
 
 
 if __name__ == "__main__":

@@ -104,7 +104,8 @@ def test_train_eval_resume_end_to_end(tmp_path: Path, capsys) -> None:
     assert set(final["metrics"]) >= {"i2t_r1", "t2i_r10", "rsum", "rel_rsum"}
     assert (run_dir / "checkpoints" / "best.pt").is_file()
     rows = [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert {r["kind"] for r in rows} == {"train", "dev", "test"}
+    assert {r["kind"] for r in rows} == {"train", "dev", "test", "epoch"}
+    assert all("true_fn_rate_i2t" in r for r in rows if r["kind"] == "epoch")
     assert list((run_dir / "tensorboard").iterdir())
     code, out, _ = run_cli(["eval", str(run_dir), "--json"], capsys)
     assert code == 0
@@ -124,3 +125,15 @@ def test_no_traceback_in_a_real_process(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error:") and "Traceback" not in proc.stderr
+
+
+def test_labels_build_caches_once(tmp_path: Path, capsys) -> None:
+    args = ["labels", "build", "demo", "--cache-dir", str(tmp_path / "cache"), "--no-progress",
+            "--set", "data.n_train=6", "--set", "data.n_dev=2", "--set", "data.n_test=2"]
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    files = list((tmp_path / "cache").glob("minilm-*.npy"))
+    assert len(files) == 1 and str(files[0]) in out and "(30, 384)" in out
+    stamp = files[0].stat().st_mtime_ns
+    assert run_cli(args, capsys)[0] == 0
+    assert files[0].stat().st_mtime_ns == stamp  # reused, not rebuilt

@@ -88,6 +88,26 @@ def _features(args: argparse.Namespace) -> int:
     return 0
 
 
+def _labels(args: argparse.Namespace) -> int:
+    from vsekit.config import load_config
+    from vsekit.data import load_splits
+    from vsekit.labels import cache_path, load_or_build_cache, resolve_encoder
+
+    config = load_config(recipe_path(args.config), args.set)
+    loss = config.loss
+    encoder = args.encoder or loss.get("label_encoder", "minilm")
+    cache_dir = args.cache_dir or loss.get("label_cache_dir")
+    split = load_splits(config.data).get("train")
+    if split is None:
+        raise VsekitError("the config's dataset has no 'train' split to build labels for")
+    emb = load_or_build_cache(split, cache_dir, encoder, progress=not args.no_progress)
+    where = ("the split's own caption features" if encoder == "split_features"
+             else cache_path(split.captions, cache_dir, resolve_encoder(encoder)))
+    print(f"caption embeddings {tuple(emb.shape)} for {split.n_captions} training captions: "
+          f"{where}")
+    return 0
+
+
 def _recipes(args: argparse.Namespace) -> int:
     for path in sorted(RECIPES.glob("*.yaml")):
         first = path.read_text(encoding="utf-8").splitlines()[0].lstrip("# ").strip()
@@ -131,6 +151,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_features)
+
+    p = sub.add_parser("labels", help="continuous pseudo labels (BCLS): caption embeddings")
+    labels = p.add_subparsers(dest="labels_command", required=True, metavar="ACTION")
+    p = labels.add_parser("build", help="embed the training captions once and cache them")
+    p.add_argument("config", help="YAML file or built-in recipe name")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--encoder", choices=["minilm", "split_features"],
+                   help="sentence encoder (default: the config's loss.label_encoder or minilm)")
+    p.add_argument("--cache-dir", help="cache folder (default ~/.cache/vsekit/labels)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_labels)
 
     p = sub.add_parser("recipes", help="list the built-in YAML recipes")
     p.set_defaults(func=_recipes)

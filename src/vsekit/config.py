@@ -21,11 +21,16 @@ from vsekit.registry import parse_dataclass
 
 @dataclass
 class TrainConfig:
-    """Optimisation and bookkeeping for ``vsekit train``."""
+    """Optimisation and bookkeeping for ``vsekit train``.
+
+    ``backbone_lr`` is the learning rate of pretrained backbones being fine-tuned (parameters
+    under a ``backbone`` module: the HF text transformer, EfficientNet); None uses ``lr``.
+    """
 
     epochs: int = 10
     batch_size: int = 128
     lr: float = 2e-4
+    backbone_lr: float | None = None
     weight_decay: float = 1e-4
     warmup_steps: int = 0
     schedule: Literal["constant", "cosine", "step"] = "cosine"
@@ -49,8 +54,10 @@ class TrainConfig:
         for name, value in positive.items():
             if value < 1:
                 raise VsekitError(f"{where}.{name} must be at least 1, got {value}")
-        if self.lr <= 0:
-            raise VsekitError(f"{where}.lr must be positive, got {self.lr}")
+        for name in ("lr", "backbone_lr"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise VsekitError(f"{where}.{name} must be positive, got {value}")
         for name in ("weight_decay", "warmup_steps", "grad_clip", "num_workers"):
             if getattr(self, name) < 0:
                 raise VsekitError(f"{where}.{name} must be non-negative, got {getattr(self, name)}")
@@ -60,16 +67,18 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """Evaluation settings: batch size for encoding, chunk size for similarity."""
+    """Evaluation settings: batch size for encoding; rows per block when counting ranks
+    (None: about 1M scores a block, see :mod:`vsekit.eval.metrics`)."""
 
     batch_size: int = 256
-    chunk_size: int = 1024
+    chunk_size: int | None = None
     split: str = "test"
 
     def validate(self, where: str) -> None:
         for name in ("batch_size", "chunk_size"):
-            if getattr(self, name) < 1:
-                raise VsekitError(f"{where}.{name} must be at least 1, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise VsekitError(f"{where}.{name} must be at least 1, got {value}")
 
 
 @dataclass

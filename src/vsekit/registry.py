@@ -24,6 +24,16 @@ def _suggest(key: str, options: list[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(sorted(options))})"
 
 
+def _number(value: Any, message: str) -> float:
+    """``value`` (a YAML number or numeric string, not a bool) as a float."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise VsekitError(message)
+    try:
+        return float(value)
+    except ValueError:
+        raise VsekitError(message) from None
+
+
 def coerce(value: Any, annotation: Any, where: str) -> Any:
     """Check ``value`` against a type annotation, converting YAML-ish values where safe."""
     origin = get_origin(annotation)
@@ -65,25 +75,15 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
             return value.lower() in ("true", "yes", "1")
         raise VsekitError(f"{where}: expected true or false, got {value!r}")
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, int | str | float):
-            raise VsekitError(f"{where}: expected an integer, got {value!r}")
-        try:
-            number = float(value)
-        except ValueError:
-            raise VsekitError(f"{where}: expected an integer, got {value!r}") from None
-        if not number.is_integer():
-            raise VsekitError(f"{where}: expected an integer, got {value!r}")
-        return int(number)
-    if annotation is float:
-        if isinstance(value, bool) or not isinstance(value, int | float | str):
-            raise VsekitError(f"{where}: expected a number, got {value!r}")
-        try:
-            number = float(value)
-        except ValueError:
-            raise VsekitError(f"{where}: expected a number, got {value!r}") from None
+    if annotation in (int, float):
+        what = "an integer" if annotation is int else "a number"
+        number = _number(value, f"{where}: expected {what}, got {value!r}")
         if number != number or number in (float("inf"), float("-inf")):
             raise VsekitError(f"{where}: expected a finite number, got {value!r}")
+        if annotation is int:
+            if not number.is_integer():
+                raise VsekitError(f"{where}: expected an integer, got {value!r}")
+            return int(number)
         return number
     if annotation is str:
         if not isinstance(value, str | int | float) or isinstance(value, bool):

@@ -6,6 +6,8 @@ pairs, on 0-d float64 tensors so autograd gives their gradients too.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pytest
 import torch
@@ -24,7 +26,6 @@ from vsekit.losses.bcls import (
     triplet_lse_loss,
     triplet_sn_loss,
 )
-from vsekit.losses.ranking import HingeParams, VSEPPLoss
 from vsekit.registry import Entry
 
 # --------------------------------------------------------------------------- references
@@ -448,7 +449,7 @@ def test_triplet_sn_module_small_tau_is_half_vsepp() -> None:
     batch = pairs_batch(split, CAPTIONS)
     image, text = embeddings(2, len(CAPTIONS))
     soft = build("triplet_sn", tau=1e-6)(image, text, batch.image_ids).loss
-    hard = VSEPPLoss(HingeParams(margin=0.2, reduction="mean", mask_same_image=True))(
+    hard = build("vsepp", margin=0.2, reduction="mean", mask_same_image=True)(
         image, text, batch.image_ids).loss
     assert float(soft) == pytest.approx(float(hard) / 2, abs=1e-9)
 
@@ -496,17 +497,22 @@ def test_bcls_on_vsepp_base() -> None:
     loss.bind(train_split=split)
     labels = batch_label_matrix(split, batch)
     sims = image @ text.T
-    vsepp = VSEPPLoss(HingeParams(margin=0.3))(image, text, batch.image_ids).loss
+    vsepp = build("vsepp", margin=0.3)(image, text, batch.image_ids).loss
     kendall = (ref_kendall_swhs(sims, labels, window=2)
                + ref_kendall_swhs(sims.T, labels.T, window=2)) / 2
     got = loss(image, text, batch.image_ids, batch=batch).loss
     assert float(got) == pytest.approx(float(vsepp + kendall), abs=1e-10)
 
 
+@dataclass
+class RecorderParams:
+    """No parameters."""
+
+
 class Recorder(torch.nn.Module):
     """A base loss that records the hooks it receives."""
 
-    def __init__(self, params: HingeParams, **_context: object) -> None:
+    def __init__(self, params: RecorderParams, **_context: object) -> None:
         super().__init__()
         self.calls: list[tuple] = []
 
@@ -522,7 +528,7 @@ class Recorder(torch.nn.Module):
 
 
 def test_bcls_forwards_hooks_and_context_to_base(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(LOSSES._entries, "recorder", Entry("recorder", HingeParams, Recorder, ""))
+    monkeypatch.setitem(LOSSES._entries, "recorder", Entry("recorder", RecorderParams, Recorder, ""))
     split = labelled_split()
     batch = pairs_batch(split, CAPTIONS)
     loss = build("bcls", base="recorder", label_encoder="split_features")

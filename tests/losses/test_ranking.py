@@ -14,6 +14,7 @@ from vsekit.losses import LOSSES, InfoNCELoss, VSE0Loss, VSEPPLoss
 from vsekit.losses.ranking import (
     HingeParams,
     InfoNCEParams,
+    VSEPPParams,
     exclusion_mask,
     hinge_costs,
     similarity_diagnostics,
@@ -378,7 +379,7 @@ def test_autocast_keeps_float32_math_and_ignores_context(name) -> None:
 
 def test_registry_round_trip() -> None:
     name, params = LOSSES.parse({"name": "vsepp", "margin": 0.1}, "loss")
-    assert name == "vsepp" and params == HingeParams(margin=0.1)
+    assert name == "vsepp" and params == VSEPPParams(margin=0.1)
     loss = LOSSES.build(name, params)
     assert isinstance(loss, VSEPPLoss) and loss.params.margin == 0.1
     image, text, ids = make_batch(14, batch=5, dim=4, n_ids=3)
@@ -456,3 +457,17 @@ def test_hinge_losses_are_ordered_and_non_negative(batch, margin, mask_same_imag
     assert 0.0 <= hardest <= total + 1e-12
     infonce = val(build("infonce", mask_same_image=mask_same_image)(image, text, ids).loss)
     assert infonce >= -1e-12
+
+
+def test_vsepp_mean_warmup_uses_sum_of_hinges_first() -> None:
+    gen = torch.Generator().manual_seed(3)
+    img = torch.nn.functional.normalize(torch.randn(6, 4, generator=gen), dim=1)
+    txt = torch.nn.functional.normalize(torch.randn(6, 4, generator=gen), dim=1)
+    ids = torch.tensor([0, 1, 1, 2, 3, 4])
+    warm = VSEPPLoss(VSEPPParams(mean_warmup_epochs=2))
+    vse0 = VSE0Loss(HingeParams())(img, txt, ids).loss
+    vsepp = VSEPPLoss(VSEPPParams())(img, txt, ids).loss
+    assert torch.allclose(warm(img, txt, ids, epoch=0).loss, vse0)
+    assert torch.allclose(warm(img, txt, ids, epoch=1).loss, vse0)
+    assert torch.allclose(warm(img, txt, ids, epoch=2).loss, vsepp)
+    assert not torch.allclose(vse0, vsepp)

@@ -39,7 +39,7 @@ def encode_split(model: VSEModel, split: RetrievalSplit, *, batch_size: int = 25
 
 
 def evaluate_embeddings(image_emb: torch.Tensor, text_emb: torch.Tensor, split: RetrievalSplit,
-                        *, chunk_size: int = 1024) -> dict[str, float]:
+                        *, chunk_size: int | None = None) -> dict[str, float]:
     """Binary R@K / medr / meanr / rsum, plus complete-relevance recall when the split knows it."""
     sims = image_emb @ text_emb.T
     metrics = retrieval_metrics(sims, split.caption_to_image, chunk_size=chunk_size)
@@ -49,7 +49,7 @@ def evaluate_embeddings(image_emb: torch.Tensor, text_emb: torch.Tensor, split: 
 
 
 def evaluate(model: VSEModel, split: RetrievalSplit, *, batch_size: int = 256,
-             chunk_size: int = 1024, device: torch.device | str = "cpu",
+             chunk_size: int | None = None, device: torch.device | str = "cpu",
              progress: bool = False) -> dict[str, float]:
     """Encode ``split`` with ``model`` and return its retrieval metrics."""
     image_emb, text_emb = encode_split(model, split, batch_size=batch_size, device=device,

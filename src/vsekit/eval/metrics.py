@@ -223,7 +223,8 @@ def retrieval_ranks(sims: Matrix, caption_to_image: Sequence[int] | Matrix,
     """0-based i2t and t2i ranks (strict-greater counts; see the module docstring).
 
     Args:
-        sims: [n_images, n_captions] float16/32/64 scores (numpy, or torch on any device).
+        sims: [n_images, n_captions] float16/32/64 scores (numpy, or torch on any device;
+            torch may also be bfloat16).
         caption_to_image: int [n_captions], the image index of each caption. An image may have
             any number of captions, including none.
         chunk_size: rows of ``sims`` per block (None: about 1M scores per block).

@@ -11,6 +11,7 @@ from vsekit.labels.continuous import (
     load_cache,
     load_or_build_cache,
     minilm_encoder,
+    resolve_encoder,
 )
 
 __all__ = [
@@ -24,4 +25,5 @@ __all__ = [
     "load_cache",
     "load_or_build_cache",
     "minilm_encoder",
+    "resolve_encoder",
 ]

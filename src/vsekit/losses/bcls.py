@@ -167,38 +167,39 @@ def _ascending_order(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     stable descending order that defines SW-HS. Returns (sorted labels, their columns) [Q, N].
 
     Working in this order turns "later in the descending order" into "earlier", so the SW-HS
-    suffix maximum becomes a prefix maximum (no flips). Sorting the column-flipped labels
-    stably gives the reversed tie order.
+    suffix maximum becomes a prefix maximum (a forward cummax). Sorting the column-flipped
+    labels stably gives the reversed tie order.
     """
     n = labels.shape[1]
     sorted_labels, flipped_columns = torch.sort(labels.flip(1), dim=1, stable=True)
     return sorted_labels, n - 1 - flipped_columns
 
 
-def _last_lower(sorted_labels: torch.Tensor, label_gap: float) -> torch.Tensor:
-    """int64 [Q, N]: for ascending position r, the last position p with y_p < y_r − label_gap
-    (−1 if none); every earlier position qualifies too.
+def _lower_count(sorted_labels: torch.Tensor, label_gap: float) -> torch.Tensor:
+    """int64 [Q, N]: for ascending position r, how many candidates p satisfy
+    y_p < y_r − label_gap; they are exactly positions 0 … count − 1.
 
-    Gap 0: one before the start of r's tie group (a cumulative max, O(N) per row). Gap > 0:
-    binary search for y_r − gap, with the rounding of the reference predicate (O(N log N)).
+    Gap 0: the start of r's tie group (a cumulative max, O(N) per row). Gap > 0: binary
+    search for y_r − gap, with the rounding of the reference predicate (O(N log N)).
     """
     if label_gap:
-        return torch.searchsorted(sorted_labels, sorted_labels - label_gap) - 1
+        return torch.searchsorted(sorted_labels, sorted_labels - label_gap)
     n = sorted_labels.shape[1]
     previous = torch.nn.functional.pad(sorted_labels, (1, 0), value=float("nan"))[:, :-1]
     position = torch.arange(n, device=sorted_labels.device)
-    group_start = torch.where(sorted_labels != previous, position, 0)  # NaN ≠ y: 0 starts one
-    return torch.cummax(group_start, dim=1).values - 1
+    # NaN ≠ y, so position 0 starts a group; carry each group's start forward.
+    return torch.cummax(torch.where(sorted_labels != previous, position, 0), dim=1).values
 
 
 def _range_argmax(values: torch.Tensor, start: torch.Tensor, end: torch.Tensor,
                   max_length: int) -> torch.Tensor:
-    """int64 [Q, N]: position of the max of values[q, start:end+1], the highest on ties.
+    """Range argmax: for ``values`` [Q, N] and int64 ``start``, ``end`` [Q, M], the int64
+    [Q, M] position of the max of values[q, start:end+1], the highest position on ties.
 
     Sparse-table doubling: level j holds the argmax over [p, p + 2^j); a range of length
     L ∈ [2^j, 2^(j+1)) is the union of two level-j blocks. Only the current level is kept:
-    O(Q·N·log max_length) time, O(Q·N) memory. Requires 0 ≤ start ≤ end ≤ N − 1 and
-    end − start + 1 ≤ max_length.
+    O(Q·(N + M)·log max_length) time, O(Q·(N + M)) memory. Requires
+    0 ≤ start ≤ end ≤ N − 1 and end − start + 1 ≤ max_length.
     """
     q, n = values.shape
     max_length = min(max_length, n)
@@ -228,30 +229,31 @@ def _swhs_rows(scores: torch.Tensor, labels: torch.Tensor, *, window: int | None
     """SW-HS per row: (Σ of pair costs [Q], number of candidates that found a pair [Q]).
 
     In ascending order (position r = N − 1 − k of the descending order), the window of r is
-    positions r − offset − window + 1 … r − offset, and the candidates eligible with r are a
-    prefix 0 … last_lower(r); the hard sample is the argmax of that range, the highest
-    position on score ties (= the lowest descending position). Mining runs on detached
-    scores; the cost is evaluated in column order (each candidate against its partner
-    column), so autograd sees a single gather.
+    positions r − offset − window + 1 … r − offset, and the candidates eligible with r are
+    the prefix 0 … lower_count(r) − 1; the hard sample is the argmax of that range (on
+    detached scores), the highest position on score ties (= the lowest descending
+    position). Scores are padded in front with a −inf sentinel (candidate r at index r + 1):
+    a candidate without a pair is matched to the sentinel, whose cost is exactly 0 with zero
+    gradient for both surrogates, so no mask or clamp is needed.
     """
     n = scores.shape[1]
     sorted_labels, columns = _ascending_order(labels)
     position = torch.arange(n, device=scores.device)
-    last = torch.minimum(_last_lower(sorted_labels, label_gap), position - offset)
-    ranked = scores.detach().gather(1, columns)
+    last = _lower_count(sorted_labels, label_gap)  # padded index of the last eligible (0: none)
+    if offset > 1:  # with offset 1 the bound holds already: lower_count(r) ≤ r
+        last = torch.minimum(last, (position - offset + 1).clamp(min=0))
+    ranked = scores.gather(1, columns)
+    padded = torch.nn.functional.pad(ranked, (1, 0), value=float("-inf"))
     if window is None:
-        found = last >= 0
-        hard = torch.cummax(ranked, dim=1).indices.gather(1, last.clamp(min=0))
+        hard = torch.cummax(padded.detach(), dim=1).indices.gather(1, last)
     else:
-        first = (position - offset - window + 1).clamp(min=0).expand_as(last)
+        first = (position - offset - window + 2).clamp(min=1).expand_as(last)
         found = last >= first
-        hard = _range_argmax(ranked, first, last.where(found, first), window)
-    # Back to column order: candidate columns[r] pairs with column columns[hard[r]].
-    partner = torch.empty_like(columns).scatter_(1, columns, columns.gather(1, hard))
-    found = torch.empty_like(found).scatter_(1, columns, found)
-    cost = pair_cost(scores, scores.gather(1, partner), delta=delta, surrogate=surrogate,
+        hard = _range_argmax(padded.detach(), first.where(found, 0), last.where(found, 0),
+                             window)
+    cost = pair_cost(ranked, padded.gather(1, hard), delta=delta, surrogate=surrogate,
                      temperature=temperature)
-    return cost.where(found, 0).sum(1), found.sum(1)
+    return cost.sum(1), (hard > 0).sum(1)
 
 
 def check_kendall_options(mode: str, window: int | None, offset: int, label_gap: float,

@@ -331,19 +331,28 @@ class FNEStep:
     diagnostics: dict[str, torch.Tensor]
 
 
-def _draw(sims: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, fallback: torch.Tensor,
-          stats: SimilarityStats, params: FNEParams,
+def _draw(sims: torch.Tensor, anchors: torch.Tensor, pool: torch.Tensor, mask: torch.Tensor,
+          fallback: torch.Tensor, stats: SimilarityStats, params: FNEParams,
           generator: torch.Generator) -> DirectionDraw:
-    """Weights, one draw per row, and the live hinge of the drawn negatives."""
-    found = sampling_weights(sims, pos, mask, stats, fallback, **params.weight_kwargs())
+    """Weights, one draw per row, and the live hinge of the drawn negatives.
+
+    sims [B, N] detached; anchors [B, D] live; pool [N, D] (row i = anchor i's positive).
+    Only the 2·B similarities the hinge needs are recomputed with gradient, so the backward
+    pass never touches a B×N matrix.
+    """
+    batch = sims.shape[0]
+    found = sampling_weights(sims, sims[:, :batch].diagonal(), mask, stats, fallback,
+                             **params.weight_kwargs())
     if params.sampler == "multinomial":
-        index = torch.multinomial(found.weights, 1, generator=generator)
+        index = torch.multinomial(found.weights, 1, generator=generator).squeeze(1)
     else:
-        index = draw_one_per_row(found.weights, generator)[:, None]
-    drawn = sims.gather(1, index).squeeze(1)
-    masked = mask.gather(1, index).squeeze(1)
-    hinge = torch.where(masked, 0, torch.relu(params.margin + drawn - pos)).sum()
-    return DirectionDraw(hinge, index.squeeze(1), masked, found)
+        index = draw_one_per_row(found.weights, generator)
+    anchors = anchors.to(pool.dtype)
+    drawn = (anchors * pool[index]).sum(dim=1)
+    positive = (anchors * pool[:batch]).sum(dim=1)
+    masked = mask.gather(1, index[:, None]).squeeze(1)
+    hinge = torch.where(masked, 0, torch.relu(params.margin + drawn - positive)).sum()
+    return DirectionDraw(hinge, index, masked, found)
 
 
 def _step_diagnostics(draws: list[DirectionDraw], stats: SimilarityStats
@@ -369,35 +378,57 @@ def _step_diagnostics(draws: list[DirectionDraw], stats: SimilarityStats
     return {k: v.detach().float() for k, v in values.items()}
 
 
-def fne_loss_path(inbatch_sims: torch.Tensor, sims_i2t: torch.Tensor, sims_t2i: torch.Tensor,
-                  mask: torch.Tensor, stats: SimilarityStats, params: FNEParams,
+@dataclass
+class Pools:
+    """Candidate pools of one step: momentum features of this batch, then the queue.
+
+    Attributes:
+        image: [N, D] image candidates (t2i); caption: [N, D] caption candidates (i2t). Row i
+            < B is pair i of the batch, so anchor i's positive is row i.
+    """
+
+    image: torch.Tensor
+    caption: torch.Tensor
+
+
+def fne_loss_path(inbatch_sims: torch.Tensor, image_emb: torch.Tensor, text_emb: torch.Tensor,
+                  pools: Pools, mask: torch.Tensor, stats: SimilarityStats, params: FNEParams,
                   generator: torch.Generator) -> FNEStep:
-    """One FNE step after the similarities: statistics update, weights, draws, hinge.
+    """One FNE step from the embeddings: pool similarities, statistics update, weights, draws,
+    hinge (methods.md §1.5 steps 3-5).
 
     Args:
         inbatch_sims: [B, B] online image × online caption sims (the in-batch statistics'
             source; detached here).
-        sims_i2t: [B, N] online image i × caption pool (column i = its own momentum caption).
-        sims_t2i: [B, N] online caption i × image pool. Both live (gradient flows to anchors).
+        image_emb, text_emb: [B, D] live online embeddings (the anchors; gradient flows here).
+        pools: the momentum candidates, N = B + Q rows each.
         mask: bool [B, N], pool entries sharing the anchor's image id (both directions).
-        stats: updated in place (methods.md §1.5 step 4) before the weights use it.
+        stats: updated in place before the weights use it.
         params: the loss parameters; generator: the draws' random source.
 
-    Returns the loss L = (Σ_i hinge_i2t + hinge_t2i) / B, the draws and diagnostics.
+    S_i2t = image_emb · pools.captionᵀ and S_t2i = text_emb · pools.imageᵀ are computed once,
+    detached, in at least float32 (also under autocast). Returns the loss
+    L = (Σ_i hinge_i2t + hinge_t2i) / B, the draws and diagnostics.
     """
-    batch = sims_i2t.shape[0]
-    live = [sims_i2t, sims_t2i]
-    pos = [s[:, :batch].diagonal() for s in live]
-    hardest = [hardest_negatives(s.detach(), mask) for s in live]
+    batch = image_emb.shape[0]
+    anchors = [image_emb, text_emb]
+    pool = [pools.caption, pools.image]
+    dtype = torch.promote_types(torch.promote_types(image_emb.dtype, pools.image.dtype),
+                                torch.float32)
+    with torch.no_grad(), torch.autocast(device_type=image_emb.device.type, enabled=False):
+        pool = [p.to(dtype) for p in pool]
+        sims = [a.to(dtype) @ p.T for a, p in zip(anchors, pool, strict=True)]
+    hardest = [hardest_negatives(s, mask) for s in sims]
     if params.stats_source == "inbatch":
         stats.update(inbatch_observations(inbatch_sims.detach()))
     else:
-        stats.update(pool_observations(pos[0].detach(), hardest[0].values,
-                                       pos[1].detach(), hardest[1].values))
+        positives = [s[:, :batch].diagonal() for s in sims]
+        stats.update(pool_observations(positives[0], hardest[0].values,
+                                       positives[1], hardest[1].values))
     draws = []
-    for sims, p, (values, index) in zip(live, pos, hardest, strict=True):
-        fallback = fallback_from_hardest(values, index, p, params.margin)
-        draws.append(_draw(sims, p, mask, fallback, stats, params, generator))
+    for s, a, p, (values, index) in zip(sims, anchors, pool, hardest, strict=True):
+        fallback = fallback_from_hardest(values, index, s[:, :batch].diagonal(), params.margin)
+        draws.append(_draw(s, a, p, mask, fallback, stats, params, generator))
     loss = (draws[0].hinge + draws[1].hinge) / batch
     return FNEStep(loss, draws[0], draws[1], _step_diagnostics(draws, stats))
 
@@ -507,16 +538,12 @@ class FNELoss(nn.Module):
                               f"outputs {image_emb.shape[1]}-d; set model.embed_dim to "
                               f"{image_emb.shape[1]}")
         image_m, text_m = self._momentum_features(model, batch)
-        dtype = torch.promote_types(image_emb.dtype, torch.float32)
-        with torch.autocast(device_type=image_emb.device.type, enabled=False):
-            caption_pool = torch.cat([text_m.to(dtype), queue.text.to(dtype)])
-            image_pool = torch.cat([image_m.to(dtype), queue.image.to(dtype)])
-            sims_i2t = image_emb.to(dtype) @ caption_pool.T
-            sims_t2i = text_emb.to(dtype) @ image_pool.T
+        pools = Pools(image=torch.cat([image_m.to(queue.image.dtype), queue.image]),
+                      caption=torch.cat([text_m.to(queue.text.dtype), queue.text]))
         mask = same_image_mask(image_ids, torch.cat([image_ids, queue.ids]))
-        self._generator = step_generator(self.params.seed, step, sims_i2t.device,
+        self._generator = step_generator(self.params.seed, step, image_emb.device,
                                          self._generator)
-        result = fne_loss_path(inbatch, sims_i2t, sims_t2i, mask, self.stats,
+        result = fne_loss_path(inbatch, image_emb, text_emb, pools, mask, self.stats,
                                self.params, self._generator)
         pool_image = torch.cat([batch.image_index, queue.image_index])
         pool_caption = torch.cat([batch.caption_index, queue.caption_index])

@@ -172,13 +172,17 @@ class HingeLoss(nn.Module):
         super().__init__()
         self.params = params
 
+    def pool_for_epoch(self, epoch: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """How an anchor's hinges are pooled in ``epoch`` (fixed unless a subclass warms up)."""
+        return self.pool
+
     def forward(self, image_emb: torch.Tensor, text_emb: torch.Tensor,
-                image_ids: torch.Tensor, **_context: Any) -> LossOutput:
+                image_ids: torch.Tensor, *, epoch: int = 0, **_context: Any) -> LossOutput:
         """Loss of a batch: image_emb, text_emb [B, D] (normalised), image_ids int64 [B]."""
         sims = batch_similarities(image_emb, text_emb, image_ids)
         mask = exclusion_mask(image_ids, self.params.mask_same_image)
         costs = hinge_costs(sims, mask, self.params.margin)
-        loss = reduce_anchors(self.pool(*costs), self.params.reduction)
+        loss = reduce_anchors(self.pool_for_epoch(epoch)(*costs), self.params.reduction)
         diagnostics = similarity_diagnostics(sims, mask)
         diagnostics["active_hinges"] = active_hinge_fraction(*costs, mask)
         return LossOutput(loss, diagnostics)
@@ -191,11 +195,29 @@ class VSE0Loss(HingeLoss):
     pool = staticmethod(sum_violations)
 
 
-@LOSSES.register("vsepp", HingeParams)
+@dataclass
+class VSEPPParams(HingeParams):
+    """:class:`HingeParams` plus ``mean_warmup_epochs``: epochs of sum-of-hinges (VSE0) before
+    max violation, as VSE∞'s ``vse_mean_warmup_epochs`` (hardest negatives from a random
+    start can collapse the embedding)."""
+
+    mean_warmup_epochs: int = 0
+
+    def validate(self, where: str) -> None:
+        super().validate(where)
+        if self.mean_warmup_epochs < 0:
+            raise VsekitError(f"{where}.mean_warmup_epochs must be non-negative, "
+                              f"got {self.mean_warmup_epochs}")
+
+
+@LOSSES.register("vsepp", VSEPPParams)
 class VSEPPLoss(HingeLoss):
     """VSE++: triplet hinge of the hardest in-batch negative per anchor, both directions."""
 
     pool = staticmethod(max_violations)
+
+    def pool_for_epoch(self, epoch: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        return sum_violations if epoch < self.params.mean_warmup_epochs else max_violations
 
 
 @dataclass

@@ -27,6 +27,7 @@ from vsekit.losses import LOSSES
 from vsekit.models.vse import build_model, context_from_split
 from vsekit.train import checkpoint as ckpt
 from vsekit.train.logging import MetricLogger
+from vsekit.train.monitor import FalseNegativeMonitor
 from vsekit.train.run_dir import BEST, CHECKPOINTS, FINAL_METRICS, prepare_run_dir, write_json
 from vsekit.train.schedule import lr_factor
 
@@ -99,18 +100,16 @@ class Trainer:
         if hasattr(self.loss_fn, "bind"):  # stateful losses: momentum copies, label caches
             self.loss_fn.bind(model=self.model, train_split=self.train_split, config=config)
             self.loss_fn.to(self.device)
-        self.optimizer = torch.optim.AdamW(
-            [p for p in (*self.model.parameters(), *self.loss_fn.parameters()) if p.requires_grad],
-            lr=config.train.lr, weight_decay=config.train.weight_decay)
+        self.optimizer = torch.optim.AdamW(self._param_groups(), lr=config.train.lr,
+                                           weight_decay=config.train.weight_decay)
         self.steps_per_epoch = self.train_split.n_captions // config.train.batch_size
         if not config.train.drop_last and self.train_split.n_captions % config.train.batch_size:
             self.steps_per_epoch += 1
-        total = self.steps_per_epoch * config.train.epochs
-        if config.train.max_steps is not None:
-            total = min(total, config.train.max_steps)
-        self.total_steps = total
+        # The schedule spans all epochs; max_steps only stops early (so a capped run and
+        # its resumption follow the same learning-rate curve).
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_factor(config.train, self.steps_per_epoch, total))
+            self.optimizer, lr_factor(config.train, self.steps_per_epoch,
+                                      self.steps_per_epoch * config.train.epochs))
         self.amp_dtype = self._amp_dtype()
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.state = Progress()
@@ -119,6 +118,20 @@ class Trainer:
         else:
             prepare_run_dir(config, self.run_dir)
         self.logger = MetricLogger(self.run_dir)
+        self.monitor = (FalseNegativeMonitor(self.train_split.relevance, self.device)
+                        if self.train_split.relevance is not None else None)
+
+    def _param_groups(self) -> list[dict[str, Any]]:
+        """Trainable parameters; pretrained backbones get ``train.backbone_lr`` when set."""
+        named = [*self.model.named_parameters(), *self.loss_fn.named_parameters()]
+        trainable = [(n, p) for n, p in named if p.requires_grad]
+        backbone = [p for n, p in trainable if ".backbone." in f".{n}"]
+        rest = [p for n, p in trainable if ".backbone." not in f".{n}"]
+        groups = [{"params": rest}]
+        if backbone:
+            groups.append({"params": backbone,
+                           "lr": self.config.train.backbone_lr or self.config.train.lr})
+        return groups
 
     @staticmethod
     def _split(splits: dict[str, RetrievalSplit], name: str) -> RetrievalSplit:
@@ -192,6 +205,8 @@ class Trainer:
             image_emb, text_emb = self.model(batch)
             out = self.loss_fn(image_emb, text_emb, batch.image_ids, epoch=epoch,
                                step=self.state.step, batch=batch, model=self.model)
+        if self.monitor is not None:
+            self.monitor.update(batch, image_emb, text_emb, getattr(self.loss_fn, "last_picks", None))
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(out.loss).backward()
         self.scaler.unscale_(self.optimizer)
@@ -238,14 +253,20 @@ class Trainer:
                     break
             bar.close()
             if self.state.batch >= len(loader) + loader.batch_sampler.start_batch:
-                self.state.epoch += 1
-                self.state.batch = 0
+                self._end_of_epoch(epoch)
             if self.dev_split is not None and (self.state.epoch % cfg.eval_every == 0
                                                or self._finished()):
                 self._evaluate_dev(epoch)
             self.save()
         train_seconds = time.perf_counter() - started
         return self._final(train_seconds)
+
+    def _end_of_epoch(self, epoch: int) -> None:
+        self.state.epoch += 1
+        self.state.batch = 0
+        if self.monitor is not None:
+            self.logger.log("epoch", self.state.step, epoch, self.monitor.summary())
+            self.monitor.reset()
 
     def _evaluate_dev(self, epoch: int) -> None:
         metrics = evaluate(self.model, self.dev_split, batch_size=self.config.eval.batch_size,

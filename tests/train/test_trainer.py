@@ -1,0 +1,99 @@
+"""The training loop: exact resume mid-epoch, parameter groups, run directory contents."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vsekit.config import config_from_dict
+from vsekit.errors import VsekitError
+from vsekit.train import checkpoint as ckpt
+from vsekit.train.trainer import Trainer
+
+
+def tiny_config(**train) -> dict:
+    return {
+        "seed": 1,
+        "data": {"format": "synthetic", "n_train": 48, "n_dev": 12, "n_test": 12},
+        "model": {"embed_dim": 16, "image": {"type": "cnn", "width": 4},
+                  "text": {"type": "bigru", "word_dim": 8}},
+        "loss": {"name": "vsepp", "mean_warmup_epochs": 1},
+        "train": {"epochs": 2, "batch_size": 32, "log_every": 1, "progress": False,
+                  "warmup_steps": 2, **train},
+    }
+
+
+def last_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    _, state = ckpt.latest_good_checkpoint(run_dir / "checkpoints")
+    return state["model"]
+
+
+def test_resume_mid_epoch_is_bitwise_identical(tmp_path: Path) -> None:
+    full = Trainer(config_from_dict(tiny_config()), tmp_path / "full")
+    full_result = full.fit()
+    # Interrupted after 5 of 14 steps (inside epoch 0 of 7 steps each), then resumed.
+    part = config_from_dict(tiny_config(max_steps=5))
+    Trainer(part, tmp_path / "part").fit()
+    resumed = Trainer(config_from_dict(tiny_config()), tmp_path / "part", resume=True)
+    assert resumed.state.step == 5 and resumed.state.batch == 5
+    resumed_result = resumed.fit()
+    a, b = last_weights(tmp_path / "full"), last_weights(tmp_path / "part")
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], torch.Tensor):
+            assert torch.equal(a[key], b[key]), key
+    assert resumed_result["steps"] == full_result["steps"] == 14
+    # Log rows after the checkpoint were dropped on resume, so steps are not duplicated.
+    rows = [json.loads(r) for r in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [r["step"] for r in rows if r["kind"] == "train"]
+    assert train_steps == sorted(set(train_steps)) == list(range(1, 15))
+
+
+def test_backbone_parameters_get_their_own_lr(tmp_path: Path) -> None:
+    raw = tiny_config(backbone_lr=1e-5, lr=1e-3)
+    raw["model"]["image"] = {"type": "efficientnet_lite0", "freeze": False, "image_size": 32}
+    trainer = Trainer(config_from_dict(raw), tmp_path / "run")
+    groups = trainer.optimizer.param_groups
+    assert [g["initial_lr"] for g in groups] == [1e-3, 1e-5]
+    backbone_ids = {id(p) for p in trainer.model.image_encoder.backbone.parameters()}
+    assert {id(p) for p in groups[1]["params"]} <= backbone_ids
+    assert not backbone_ids & {id(p) for p in groups[0]["params"]}
+
+
+def test_batch_larger_than_split_is_a_clear_error(tmp_path: Path) -> None:
+    trainer = Trainer(config_from_dict(tiny_config(batch_size=4096)), tmp_path / "run")
+    with pytest.raises(VsekitError, match="batch size 4096 is larger"):
+        trainer.fit()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss", [
+    {"name": "vse0"},
+    {"name": "infonce"},
+    {"name": "triplet_sn"},
+    {"name": "fne", "queue_size": 40, "warmup_epochs": 1, "min_count": 2},
+    {"name": "bcls", "label_cache_dir": "CACHE"},
+    {"name": "bcls", "base": "fne", "base_params": {"queue_size": 40, "warmup_epochs": 1},
+     "label_cache_dir": "CACHE"},
+])
+def test_every_loss_trains_and_resumes(tmp_path: Path, loss: dict) -> None:
+    loss = {k: (str(tmp_path / "cache") if v == "CACHE" else v) for k, v in loss.items()}
+    raw = tiny_config()
+    raw["loss"] = loss
+    result = Trainer(config_from_dict(raw), tmp_path / "run").fit()
+    assert result["steps"] == 14 and np.isfinite(result["metrics"]["rsum"])
+    rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in rows if r["kind"] == "epoch"]
+    assert len(epochs) == 2 and all(0 <= r["true_fn_rate_i2t"] <= 100 for r in epochs)
+    # The loss state (queue, statistics, momentum weights) is in the checkpoint and restores.
+    resumed = Trainer(config_from_dict(raw), tmp_path / "run", resume=True)
+    saved = resumed.loss_fn.state_dict()
+    _, state = ckpt.latest_good_checkpoint(tmp_path / "run" / "checkpoints")
+    assert saved.keys() == state["loss"].keys()
+    for key, value in state["loss"].items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(saved[key], value), key
