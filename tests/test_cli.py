@@ -48,6 +48,7 @@ def write_precomp(root: Path, n_img: int, caps: list[str], feats: np.ndarray | N
     (["train"], "needs a CONFIG"),
     (["eval", "not_a_run"], "not a vsekit run directory"),
     (["train", "--resume", "not_a_run"], "not a vsekit run directory"),
+    (["compare", "not_a_run"], "has no final_metrics.json"),
 ])
 def test_bad_input_is_one_line(tmp_path: Path, monkeypatch, capsys, args, pattern) -> None:
     monkeypatch.chdir(tmp_path)
@@ -110,6 +111,9 @@ def test_train_eval_resume_end_to_end(tmp_path: Path, capsys) -> None:
     code, out, _ = run_cli(["eval", str(run_dir), "--json"], capsys)
     assert code == 0
     assert json.loads(out)["rsum"] == pytest.approx(final["metrics"]["rsum"], abs=1e-6)
+    code, out, _ = run_cli(["compare", str(run_dir)], capsys)
+    assert code == 0 and out.splitlines()[0].startswith("| run | runs | i2t R@1")
+    assert f"| {run_dir.name} | 1 | {final['metrics']['i2t_r1']:.1f} |" in out
     # A finished run resumed does nothing more and gives the same final metrics.
     code, _, err = run_cli(["train", "--resume", str(run_dir)], capsys)
     assert code == 0, err

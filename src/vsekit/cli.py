@@ -108,6 +108,26 @@ def _labels(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from vsekit.eval.table import runs_table
+    from vsekit.train.run_dir import FINAL_METRICS
+
+    groups: dict[str, list[dict[str, float]]] = {}
+    for name in args.run_dirs:
+        run_dir = Path(name)
+        path = run_dir / FINAL_METRICS
+        if not path.is_file():
+            raise VsekitError(f"{name!r} has no {FINAL_METRICS}; is the run finished?")
+        final = json.loads(path.read_text(encoding="utf-8"))
+        label = run_dir.name
+        if args.group_seeds:
+            label = label.rsplit("-seed", 1)[0]
+        row = dict(final["metrics"], train_minutes=final.get("train_seconds", 0.0) / 60)
+        groups.setdefault(label, []).append(row)
+    print(runs_table(groups))
+    return 0
+
+
 def _recipes(args: argparse.Namespace) -> int:
     for path in sorted(RECIPES.glob("*.yaml")):
         first = path.read_text(encoding="utf-8").splitlines()[0].lstrip("# ").strip()
@@ -163,6 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_labels)
 
+    p = sub.add_parser("compare", help="markdown table of finished runs' test metrics")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--group-seeds", action="store_true",
+                   help="runs named NAME-seedK form one row: mean ± std over seeds")
+    p.set_defaults(func=_compare)
+
     p = sub.add_parser("recipes", help="list the built-in YAML recipes")
     p.set_defaults(func=_recipes)
     return parser
@@ -178,6 +204,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except VsekitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return VsekitError.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"interrupted: {exc}" if str(exc) else "interrupted", file=sys.stderr)
         return 130

@@ -23,7 +23,10 @@ from vsekit.registry import parse_dataclass
 class TrainConfig:
     """Optimisation and bookkeeping for ``vsekit train``.
 
-    ``backbone_lr`` is the learning rate of pretrained backbones being fine-tuned (parameters
+    Checkpoints are written at every epoch end, every ``checkpoint_every`` steps (if set) and
+    on Ctrl-C. A step whose loss or gradient is not finite is skipped (no update); after
+    ``max_nonfinite_steps`` such steps in a row the run stops with a clear error, keeping its
+    last good checkpoint. ``backbone_lr`` is the learning rate of pretrained backbones being fine-tuned (parameters
     under a ``backbone`` module: the HF text transformer, EfficientNet); None uses ``lr``.
     """
 
@@ -44,11 +47,14 @@ class TrainConfig:
     eval_every: int = 1
     max_steps: int | None = None
     keep_last: int = 2
+    checkpoint_every: int | None = None
+    max_nonfinite_steps: int = 5
     drop_last: bool = True
     progress: bool = True
 
     def validate(self, where: str) -> None:
         positive = {"epochs": self.epochs, "batch_size": self.batch_size,
+                    "max_nonfinite_steps": self.max_nonfinite_steps,
                     "log_every": self.log_every, "eval_every": self.eval_every,
                     "keep_last": self.keep_last}
         for name, value in positive.items():
@@ -61,6 +67,9 @@ class TrainConfig:
         for name in ("weight_decay", "warmup_steps", "grad_clip", "num_workers"):
             if getattr(self, name) < 0:
                 raise VsekitError(f"{where}.{name} must be non-negative, got {getattr(self, name)}")
+        if self.checkpoint_every is not None and self.checkpoint_every < 1:
+            raise VsekitError(f"{where}.checkpoint_every must be at least 1 or null, got "
+                              f"{self.checkpoint_every}")
         if self.max_steps is not None and self.max_steps < 1:
             raise VsekitError(f"{where}.max_steps must be at least 1 or null, got {self.max_steps}")
 

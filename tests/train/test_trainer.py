@@ -97,3 +97,43 @@ def test_every_loss_trains_and_resumes(tmp_path: Path, loss: dict) -> None:
     for key, value in state["loss"].items():
         if isinstance(value, torch.Tensor):
             assert torch.equal(saved[key], value), key
+
+
+def test_nonfinite_steps_are_skipped_then_stop(tmp_path: Path, monkeypatch) -> None:
+    trainer = Trainer(config_from_dict(tiny_config(max_nonfinite_steps=3)), tmp_path / "run")
+    before = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
+    real = trainer.loss_fn.forward
+
+    def nan_loss(*args, **kwargs):
+        out = real(*args, **kwargs)
+        out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(trainer.loss_fn, "forward", nan_loss)
+    with pytest.raises(VsekitError, match="not finite for 3 steps in a row"):
+        trainer.fit()
+    after = dict(trainer.model.named_parameters())
+    for key, value in before.items():
+        assert torch.equal(value, after[key]), key  # no update from a NaN step
+
+
+def test_ctrl_c_checkpoints_and_resume_finishes(tmp_path: Path) -> None:
+    import signal
+
+    trainer = Trainer(config_from_dict(tiny_config()), tmp_path / "run")
+    real_step = trainer.train_step
+
+    def step_then_interrupt(batch, epoch):
+        out = real_step(batch, epoch)
+        if trainer.state.step == 2:
+            signal.raise_signal(signal.SIGINT)
+        return out
+
+    trainer.train_step = step_then_interrupt
+    with pytest.raises(KeyboardInterrupt, match="--resume"):
+        trainer.fit()
+    path, state = ckpt.latest_good_checkpoint(tmp_path / "run" / "checkpoints")
+    assert path.name == "step-3.pt" and state["progress"]["batch"] == 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    result = Trainer(config_from_dict(tiny_config()), tmp_path / "run", resume=True).fit()
+    assert result["steps"] == 14

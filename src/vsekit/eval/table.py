@@ -22,3 +22,29 @@ def format_metrics(metrics: Mapping[str, float], title: str = "") -> str:
                          f"{metrics[f'{key}_rel_r10']:7.1f}")
         lines.append(f"rsum (complete relevance) {metrics['rel_rsum']:.1f}")
     return "\n".join(lines)
+
+
+COLUMNS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
+
+
+def _cell(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    mean = sum(values) / len(values)
+    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return f"{mean:.1f} ± {std:.1f}"
+
+
+def runs_table(groups: Mapping[str, list[Mapping[str, float]]]) -> str:
+    """Markdown table, one row per group of runs (mean ± sample std over its runs).
+
+    ``groups`` maps a label to the runs' metric dicts (each with :data:`COLUMNS` and
+    ``train_minutes``).
+    """
+    head = ["run", "runs", "i2t R@1", "R@5", "R@10", "t2i R@1", "R@5", "R@10", "rsum",
+            "train min"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, runs in groups.items():
+        cells = [_cell([r[c] for r in runs]) for c in (*COLUMNS, "train_minutes")]
+        lines.append(f"| {label} | {len(runs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +79,7 @@ class Progress:
     step: int = 0
     best_rsum: float = float("-inf")
     best_epoch: int = -1
+    train_seconds: float = 0.0
 
 
 class Trainer:
@@ -113,6 +116,8 @@ class Trainer:
         self.amp_dtype = self._amp_dtype()
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.state = Progress()
+        self.nonfinite_in_a_row = 0
+        self.stop_requested = False
         if resume:
             self._restore()
         else:
@@ -163,6 +168,9 @@ class Trainer:
         }
 
     def save(self) -> Path:
+        now = time.perf_counter()
+        self.state.train_seconds += now - self._clock
+        self._clock = now
         folder = self.run_dir / CHECKPOINTS
         path = folder / f"step-{self.state.step}.pt"
         ckpt.save_checkpoint(self._checkpoint_state(), path)
@@ -213,8 +221,11 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(
             [p for g in self.optimizer.param_groups for p in g["params"]],
             self.config.train.grad_clip if self.config.train.grad_clip > 0 else float("inf"))
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        finite = bool(torch.isfinite(out.loss.detach()) & torch.isfinite(grad_norm))
+        if finite or self.scaler.is_enabled():  # the fp16 scaler skips inf steps itself
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        self.nonfinite_in_a_row = 0 if finite else self.nonfinite_in_a_row + 1
         self.scheduler.step()
         return {"loss": out.loss.detach(), "grad_norm": grad_norm.detach(), **out.diagnostics}
 
@@ -224,10 +235,39 @@ class Trainer:
                 or (max_steps is not None and self.state.step >= max_steps))
 
     def fit(self) -> dict[str, Any]:
-        """Train until done (resuming where the state says), then evaluate the best model."""
+        """Train until done (resuming where the state says), then evaluate the best model.
+
+        Ctrl-C lets the current step finish, saves a checkpoint and raises KeyboardInterrupt,
+        so ``--resume`` loses nothing.
+        """
+        self._clock = time.perf_counter()
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGINT, self._request_stop)
+        try:
+            self._train_epochs()
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+        return self._final()
+
+    def _stop(self) -> None:
+        path = self.save()
+        self.logger.close()
+        raise KeyboardInterrupt(f"checkpoint {path} saved at step {self.state.step}; continue "
+                                f"with: vsekit train --resume {self.run_dir}")
+
+    def _request_stop(self, signum: int, frame: Any) -> None:
+        """First Ctrl-C: finish the current step, checkpoint, stop. Second: stop at once."""
+        if self.stop_requested:
+            raise KeyboardInterrupt
+        self.stop_requested = True
+
+    def _train_epochs(self) -> None:
         cfg = self.config.train
-        started = time.perf_counter()
         while not self._finished():
+            if self.stop_requested:
+                self._stop()
             epoch = self.state.epoch
             if self.state.batch == 0 and hasattr(self.loss_fn, "on_epoch_start"):
                 self.loss_fn.on_epoch_start(epoch)
@@ -241,9 +281,16 @@ class Trainer:
                 diagnostics = self.train_step(batch, epoch)
                 self.state.step += 1
                 self.state.batch += 1
-                if not torch.isfinite(diagnostics["loss"]):
-                    raise VsekitError(f"the loss became non-finite at step {self.state.step}; "
-                                      "lower train.lr or check the input features for NaN")
+                if self.nonfinite_in_a_row >= cfg.max_nonfinite_steps:
+                    raise VsekitError(
+                        f"the loss or gradient was not finite for {self.nonfinite_in_a_row} "
+                        f"steps in a row (up to step {self.state.step}); those steps were "
+                        "skipped and the last good checkpoint kept; lower train.lr or check "
+                        "the inputs for NaN")
+                if self.stop_requested:
+                    self._stop()
+                if cfg.checkpoint_every and self.state.step % cfg.checkpoint_every == 0:
+                    self.save()
                 if self.state.step % cfg.log_every == 0:
                     values = {k: float(v) for k, v in diagnostics.items()}
                     values["lr"] = self.scheduler.get_last_lr()[0]
@@ -258,8 +305,6 @@ class Trainer:
                                                or self._finished()):
                 self._evaluate_dev(epoch)
             self.save()
-        train_seconds = time.perf_counter() - started
-        return self._final(train_seconds)
 
     def _end_of_epoch(self, epoch: int) -> None:
         self.state.epoch += 1
@@ -280,14 +325,14 @@ class Trainer:
                                   "config": self.config.to_dict()},
                                  self.run_dir / CHECKPOINTS / BEST)
 
-    def _final(self, train_seconds: float) -> dict[str, Any]:
+    def _final(self) -> dict[str, Any]:
         best = self.run_dir / CHECKPOINTS / BEST
         if best.is_file():
             self.model.load_state_dict(ckpt.load_checkpoint(best, self.device)["model"])
         result: dict[str, Any] = {"best_epoch": self.state.best_epoch,
                                   "best_dev_rsum": self.state.best_rsum,
                                   "steps": self.state.step,
-                                  "train_seconds_this_session": round(train_seconds, 1)}
+                                  "train_seconds": round(self.state.train_seconds, 1)}
         if self.test_split is not None:
             result["split"] = self.test_split.name
             result["metrics"] = evaluate(self.model, self.test_split,
