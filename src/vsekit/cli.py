@@ -50,8 +50,9 @@ def _train(args: argparse.Namespace) -> int:
         run_dir = Path(args.run_dir or config.run_dir)
     result = train(config, run_dir, resume=bool(args.resume), progress=not args.no_progress)
     if "metrics" in result:
-        print(format_metrics(result["metrics"], f"{result['split']} split, best dev epoch "
-                                                f"{result['best_epoch'] + 1}"))
+        best = (f", best dev epoch {result['best_epoch'] + 1}" if result["best_epoch"] >= 0
+                else " (no dev split: last weights)")
+        print(format_metrics(result["metrics"], f"{result['split']} split{best}"))
     print(f"run directory: {run_dir}")
     return 0
 
@@ -118,11 +119,16 @@ def _compare(args: argparse.Namespace) -> int:
         path = run_dir / FINAL_METRICS
         if not path.is_file():
             raise VsekitError(f"{name!r} has no {FINAL_METRICS}; is the run finished?")
-        final = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            final = json.loads(path.read_text(encoding="utf-8"))
+            metrics = final["metrics"]
+        except (ValueError, KeyError, TypeError):
+            raise VsekitError(f"{str(path)!r} is damaged or holds no test metrics; run "
+                              f"vsekit eval {name}") from None
         label = run_dir.name
         if args.group_seeds:
             label = label.rsplit("-seed", 1)[0]
-        row = dict(final["metrics"], train_minutes=final.get("train_seconds", 0.0) / 60)
+        row = dict(metrics, train_minutes=final.get("train_seconds", 0.0) / 60)
         groups.setdefault(label, []).append(row)
     print(runs_table(groups))
     return 0
@@ -130,7 +136,8 @@ def _compare(args: argparse.Namespace) -> int:
 
 def _recipes(args: argparse.Namespace) -> int:
     for path in sorted(RECIPES.glob("*.yaml")):
-        first = path.read_text(encoding="utf-8").splitlines()[0].lstrip("# ").strip()
+        lines = path.read_text(encoding="utf-8").splitlines() or [""]
+        first = lines[0].lstrip("# ").strip()
         print(f"{path.stem:<28}{first}")
     return 0
 
@@ -203,6 +210,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except VsekitError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return VsekitError.exit_code
+    except OSError as exc:  # full disk, read-only folder, permissions
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}; free space or choose another folder",
+              file=sys.stderr)
         return VsekitError.exit_code
     except KeyboardInterrupt as exc:
         print(f"interrupted: {exc}" if str(exc) else "interrupted", file=sys.stderr)

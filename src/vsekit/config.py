@@ -67,6 +67,12 @@ class TrainConfig:
         for name in ("weight_decay", "warmup_steps", "grad_clip", "num_workers"):
             if getattr(self, name) < 0:
                 raise VsekitError(f"{where}.{name} must be non-negative, got {getattr(self, name)}")
+        if self.schedule == "step" and not self.step_epochs:
+            raise VsekitError(f"{where}.schedule is step but {where}.step_epochs is empty; list "
+                              "the epochs where the lr drops, e.g. [5, 15]")
+        if any(e < 1 for e in self.step_epochs) or not 0 < self.step_gamma <= 1:
+            raise VsekitError(f"{where}.step_epochs must be positive epochs and step_gamma in "
+                              f"(0, 1], got {self.step_epochs} and {self.step_gamma}")
         if self.checkpoint_every is not None and self.checkpoint_every < 1:
             raise VsekitError(f"{where}.checkpoint_every must be at least 1 or null, got "
                               f"{self.checkpoint_every}")

@@ -506,7 +506,7 @@ def test_params_parse_by_name_with_reference_defaults() -> None:
     defaults = FNEParams()
     assert (defaults.margin, defaults.tau, defaults.prior_ratio, defaults.false_margin,
             defaults.min_count, defaults.queue_size, defaults.momentum, defaults.warmup_epochs,
-            defaults.seed) == (0.2, 0.5, 10000.0, 0.999, 200, 8224, 0.995, 1, 3407)
+            defaults.seed) == (0.2, 0.5, 10000.0, 0.999, 200, 8224, 0.995, 1, None)
     with pytest.raises(VsekitError, match="stats_source"):
         LOSSES.parse({"name": "fne", "stats_source": "queue"}, "loss")
     assert isinstance(LOSSES.build(name, params), FNELoss)
@@ -775,3 +775,12 @@ def test_tiny_training_learns_and_statistics_become_ready() -> None:
     assert float(out.diagnostics["fne_ready"]) == 1.0
     assert 0 < float(out.diagnostics["neg_mean"]) < float(out.diagnostics["pos_mean"])
     assert all(math.isfinite(float(v)) for v in out.diagnostics.values())
+
+
+def test_seed_follows_the_run_unless_set() -> None:
+    model = ToyVSE()
+    follows = LOSSES.build(*LOSSES.parse({"name": "fne"}, "loss"))
+    follows.bind(model=model, config=Config(seed=7, model=ModelConfig(embed_dim=8)))
+    fixed = LOSSES.build(*LOSSES.parse({"name": "fne", "seed": 3407}, "loss"))
+    fixed.bind(model=model, config=Config(seed=7, model=ModelConfig(embed_dim=8)))
+    assert (follows.params.seed, fixed.params.seed) == (7, 3407)

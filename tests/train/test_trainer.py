@@ -53,15 +53,23 @@ def test_resume_mid_epoch_is_bitwise_identical(tmp_path: Path) -> None:
     assert train_steps == sorted(set(train_steps)) == list(range(1, 15))
 
 
-def test_backbone_parameters_get_their_own_lr(tmp_path: Path) -> None:
-    raw = tiny_config(backbone_lr=1e-5, lr=1e-3)
+def test_parameter_groups_backbone_lr_and_no_decay(tmp_path: Path) -> None:
+    raw = tiny_config(backbone_lr=1e-5, lr=1e-3, weight_decay=0.05)
     raw["model"]["image"] = {"type": "efficientnet_lite0", "freeze": False, "image_size": 32}
+    raw["loss"] = {"name": "infonce"}
     trainer = Trainer(config_from_dict(raw), tmp_path / "run")
     groups = trainer.optimizer.param_groups
-    assert [g["initial_lr"] for g in groups] == [1e-3, 1e-5]
-    backbone_ids = {id(p) for p in trainer.model.image_encoder.backbone.parameters()}
-    assert {id(p) for p in groups[1]["params"]} <= backbone_ids
-    assert not backbone_ids & {id(p) for p in groups[0]["params"]}
+    backbone = {id(p) for p in trainer.model.image_encoder.backbone.parameters()}
+    seen = set()
+    for group in groups:
+        for p in group["params"]:
+            seen.add(id(p))
+            assert group["initial_lr"] == (1e-5 if id(p) in backbone else 1e-3)
+            assert group["weight_decay"] == (0.05 if p.ndim >= 2 else 0.0)
+    trainable = [p for p in (*trainer.model.parameters(), *trainer.loss_fn.parameters())
+                 if p.requires_grad]
+    assert seen == {id(p) for p in trainable}
+    assert id(trainer.loss_fn.logit_scale) in seen  # learned temperature: trained, not decayed
 
 
 def test_batch_larger_than_split_is_a_clear_error(tmp_path: Path) -> None:

@@ -129,12 +129,6 @@ class RetrievalSplit:
     def n_captions(self) -> int:
         return len(self.captions)
 
-    def captions_of_image(self) -> list[np.ndarray]:
-        """For each image, the int64 indices of its captions (in caption order)."""
-        order = np.argsort(self.caption_to_image, kind="stable")
-        bounds = np.searchsorted(self.caption_to_image[order], np.arange(self.n_images + 1))
-        return [order[bounds[i]:bounds[i + 1]] for i in range(self.n_images)]
-
     def subset_images(self, image_index: Sequence[int] | np.ndarray, name: str | None = None
                       ) -> RetrievalSplit:
         """The split restricted to ``image_index`` and their captions (caption order kept)."""

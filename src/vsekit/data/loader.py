@@ -51,15 +51,31 @@ class EpochBatchSampler(Sampler[list[int]]):
         return len(self.batches()) - self.start_batch
 
 
-class PairCollate:
-    """Turns a list of caption indices into a :class:`Batch` using the encoders' ``prepare``."""
+def batch_seed(seed: int, epoch: int, caption_index: np.ndarray) -> int:
+    """A seed fixed by the run seed, the epoch and the batch's first caption (its position in
+    the epoch's permutation), so augmentation repeats exactly after a resume and differs
+    between DataLoader workers."""
+    return int(np.random.default_rng([seed, epoch, int(caption_index[0])]).integers(2**62))
 
-    def __init__(self, split: RetrievalSplit, model: VSEModel, train: bool) -> None:
+
+class PairCollate:
+    """Turns a list of caption indices into a :class:`Batch` using the encoders' ``prepare``.
+
+    For training batches the image encoder's augmentation ``generator`` (if it has one) is
+    reseeded per batch with :func:`batch_seed`.
+    """
+
+    def __init__(self, split: RetrievalSplit, model: VSEModel, train: bool, *, seed: int = 0,
+                 epoch: int = 0) -> None:
         self.split, self.model, self.train = split, model, train
+        self.seed, self.epoch = seed, epoch
 
     def __call__(self, caption_index: Sequence[int]) -> Batch:
         caps = np.asarray(caption_index, dtype=np.int64)
         imgs = self.split.caption_to_image[caps]
+        generator = getattr(self.model.image_encoder, "generator", None)
+        if self.train and isinstance(generator, torch.Generator):
+            generator.manual_seed(batch_seed(self.seed, self.epoch, caps))
         return Batch(
             images=self.model.image_encoder.prepare(self.split.images, imgs, self.train),
             text=self.model.text_encoder.prepare(self.split, caps),
@@ -78,5 +94,9 @@ def train_loader(split: RetrievalSplit, model: VSEModel, *, batch_size: int, see
             f"lower train.batch_size")
     sampler = EpochBatchSampler(split.n_captions, batch_size, seed=seed, epoch=epoch,
                                 drop_last=drop_last, start_batch=start_batch)
+    # The loader's own generator keeps the global RNG untouched (a resumed run creates one
+    # more loader than an uninterrupted one).
     return DataLoader(range(split.n_captions), batch_sampler=sampler,
-                      collate_fn=PairCollate(split, model, train=True), num_workers=num_workers)
+                      collate_fn=PairCollate(split, model, train=True, seed=seed, epoch=epoch),
+                      num_workers=num_workers,
+                      generator=torch.Generator().manual_seed(seed * 100_003 + epoch))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vsekit.data import load_splits
+from vsekit.config import Config
+from vsekit.data import RetrievalSplit, load_splits
 from vsekit.errors import VsekitError
 from vsekit.eval.encode import evaluate
 from vsekit.models.vse import VSEModel, build_model, context_from_split
@@ -13,21 +14,22 @@ from vsekit.train.run_dir import BEST, CHECKPOINTS, load_run_config
 from vsekit.train.trainer import resolve_device
 
 
-def load_run_model(run_dir: Path, split_for_shapes, checkpoint: str = "best",
-                   device: str = "auto") -> VSEModel:
-    """Rebuild a run's model and load its ``best`` or ``last`` weights."""
-    config = load_run_config(run_dir)
+def load_run_model(run_dir: Path, config: Config, split: RetrievalSplit,
+                   checkpoint: str = "best") -> VSEModel:
+    """Rebuild a run's model (input sizes from ``split``) and load its best or last weights."""
     folder = run_dir / CHECKPOINTS
-    if checkpoint == "best" and (folder / BEST).is_file():
+    if checkpoint == "best":
+        if not (folder / BEST).is_file():
+            raise VsekitError(f"{str(run_dir)!r} has no best checkpoint yet (it is written after "
+                              "the first dev evaluation); use --checkpoint last")
         state = ckpt.load_checkpoint(folder / BEST)
-    elif checkpoint in ("best", "last"):
+    elif checkpoint == "last":
         _, state = ckpt.latest_good_checkpoint(folder)
     else:
         raise VsekitError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
-    context = context_from_split(config.model, split_for_shapes, with_captions=False)
-    model = build_model(config.model, context)
-    model.load_state_dict(state["model"])
-    return model.to(resolve_device(device))
+    model = build_model(config.model, context_from_split(config.model, split, with_captions=False))
+    ckpt.load_weights(model, state["model"], run_dir / CHECKPOINTS)
+    return model.to(resolve_device(config.train.device))
 
 
 def evaluate_run(run_dir: Path, *, split: str = "test", checkpoint: str = "best",
@@ -37,7 +39,7 @@ def evaluate_run(run_dir: Path, *, split: str = "test", checkpoint: str = "best"
     splits = load_splits(config.data)
     if split not in splits:
         raise VsekitError(f"the run's dataset has no split {split!r} (found: {', '.join(splits)})")
-    model = load_run_model(run_dir, splits[split], checkpoint, config.train.device)
+    model = load_run_model(run_dir, config, splits[split], checkpoint)
     device = next(model.parameters()).device
     return evaluate(model, splits[split], batch_size=config.eval.batch_size,
                     chunk_size=config.eval.chunk_size, device=device, progress=progress)

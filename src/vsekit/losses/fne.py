@@ -263,7 +263,8 @@ class FNEParams:
         sampler: how a negative is drawn from the weights: ``inverse_cdf``
             (:func:`draw_one_per_row`, fast) or ``multinomial`` (``torch.multinomial``, the
             reference's call); the same distribution, different random streams.
-        seed: base seed of the per-step sampling generator (and the queue's random start).
+        seed: base seed of the per-step sampling generator (and the queue's random start);
+            null (default) uses the run's ``seed`` (the reference fixes 3407: set it for parity).
     """
 
     margin: float = 0.2
@@ -279,7 +280,7 @@ class FNEParams:
     reference_numerics: bool = False
     stats_source: Literal["inbatch", "pool"] = "inbatch"
     sampler: Literal["inverse_cdf", "multinomial"] = "inverse_cdf"
-    seed: int = 3407
+    seed: int | None = None
 
     def validate(self, where: str) -> None:
         checks = [
@@ -291,7 +292,7 @@ class FNEParams:
             (self.queue_size >= 0, "queue_size", "must be non-negative"),
             (0 <= self.momentum <= 1, "momentum", "must be in [0, 1]"),
             (self.warmup_epochs >= 0, "warmup_epochs", "must be non-negative"),
-            (0 <= self.seed < 2**31, "seed", "must be in [0, 2**31)"),
+            (self.seed is None or 0 <= self.seed < 2**31, "seed", "must be in [0, 2**31)"),
         ]
         for ok, name, rule in checks:
             if not ok:
@@ -491,6 +492,8 @@ class FNELoss(nn.Module):
         if config is None:
             raise VsekitError("the fne loss needs the run config to size its queue; call "
                               "loss.bind(model=model, config=config)")
+        if self.params.seed is None:  # follow the run's seed (the reference fixes 3407)
+            self.params.seed = config.seed % 2**31
         self.momentum_model = momentum_copy(model)
         self.queue = MemoryQueue(self.params.queue_size, config.model.embed_dim,
                                  seed=self.params.seed).to(self.stats.moments.device)

@@ -130,7 +130,8 @@ class SimilarityStats(nn.Module):
     @torch.no_grad()
     def update(self, obs: Observations) -> None:
         """Fold one batch of observations in (detached; no host sync)."""
-        kinds = [(obs.pos.detach(), obs.pos_valid), (obs.neg.detach(), obs.neg_valid)]
+        kinds = [(x, m & torch.isfinite(x)) for x, m in ((obs.pos.detach(), obs.pos_valid),
+                                                         (obs.neg.detach(), obs.neg_valid))]
         weights = [m.to(self.moments.device, torch.float64) for _, m in kinds]
         values = [torch.where(m, x, 0).to(self.moments.device, torch.float64)  # drop NaN/inf
                   for x, m in kinds]

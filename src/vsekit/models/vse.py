@@ -38,25 +38,18 @@ class VSEModel(nn.Module):
         return self.encode_image(batch.images), self.encode_text(batch.text)
 
 
-def model_context(config: ModelConfig, train_split: RetrievalSplit | None,
-                  image_kind: str, image_feature_dim: int | None,
-                  caption_feature_dim: int | None) -> ModelContext:
-    """What the encoders need to know about the data (captions for vocabularies, input dims)."""
-    return ModelContext(
-        embed_dim=config.embed_dim,
-        image_kind=image_kind,
-        image_feature_dim=image_feature_dim,
-        caption_feature_dim=caption_feature_dim,
-        train_captions=list(train_split.captions) if train_split is not None else None,
-    )
-
-
 def context_from_split(config: ModelConfig, split: RetrievalSplit, with_captions: bool = True
                        ) -> ModelContext:
-    """The :class:`ModelContext` for data shaped like ``split``."""
+    """The :class:`ModelContext` for data shaped like ``split`` (its captions build
+    vocabularies unless ``with_captions`` is False, e.g. when a checkpoint carries them)."""
     cap_dim = None if split.caption_features is None else int(split.caption_features.shape[-1])
-    return model_context(config, split if with_captions else None, split.images.kind,
-                         split.images.feature_dim, cap_dim)
+    return ModelContext(
+        embed_dim=config.embed_dim,
+        image_kind=split.images.kind,
+        image_feature_dim=split.images.feature_dim,
+        caption_feature_dim=cap_dim,
+        train_captions=list(split.captions) if with_captions else None,
+    )
 
 
 def build_model(config: ModelConfig, context: ModelContext) -> VSEModel:

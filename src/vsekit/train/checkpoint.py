@@ -75,6 +75,17 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     return state
 
 
+def load_weights(module: torch.nn.Module, state: dict[str, Any], path: Path) -> None:
+    """``module.load_state_dict(state)`` with a one-line error when they do not match."""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0][:200]
+        raise VsekitError(f"checkpoint {str(path)!r} does not match the model built from the "
+                          f"run's config and data ({first}); was the config or the data "
+                          "changed?") from None
+
+
 def step_checkpoints(folder: Path) -> list[Path]:
     """``step-N.pt`` files in ``folder``, oldest first."""
     if not folder.is_dir():

@@ -34,10 +34,3 @@ class MetricLogger:
         if self._writer is not None:
             self._writer.close()
 
-
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """All rows of a run's ``metrics.jsonl`` (empty when absent)."""
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]

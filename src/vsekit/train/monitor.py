@@ -12,17 +12,19 @@ import numpy as np
 import torch
 
 from vsekit.data.dataset import Batch
+from vsekit.losses.base import same_image_mask
+from vsekit.losses.stats import hardest_negatives
 
 
-def hardest_negatives(image_emb: torch.Tensor, text_emb: torch.Tensor,
-                      image_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def hardest_in_batch(image_emb: torch.Tensor, text_emb: torch.Tensor,
+                     image_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Batch columns of the hardest same-image-masked negative per anchor, both directions.
 
     Returns (caption column per image anchor [B], image row per caption anchor [B]).
     """
     sims = (image_emb @ text_emb.T).detach()
-    sims = sims.masked_fill(image_ids[:, None] == image_ids[None, :], float("-inf"))
-    return sims.argmax(dim=1), sims.argmax(dim=0)
+    mask = same_image_mask(image_ids, image_ids)
+    return hardest_negatives(sims, mask)[1], hardest_negatives(sims.T, mask.T)[1]
 
 
 class FalseNegativeMonitor:
@@ -56,7 +58,7 @@ class FalseNegativeMonitor:
             self._add("i2t", batch.image_index, i2t.caption_index)
             self._add("t2i", t2i.image_index, batch.caption_index)
             return
-        cap_col, img_row = hardest_negatives(image_emb, text_emb, batch.image_ids)
+        cap_col, img_row = hardest_in_batch(image_emb, text_emb, batch.image_ids)
         self._add("i2t", batch.image_index, batch.caption_index[cap_col])
         self._add("t2i", batch.image_index[img_row], batch.caption_index)
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import yaml
 
-from vsekit.config import Config, config_from_dict
+from vsekit.config import Config, config_from_dict, load_yaml
 from vsekit.errors import VsekitError
 from vsekit.train.checkpoint import atomic_write_bytes
 
@@ -69,9 +69,7 @@ def write_json(path: Path, value: Any) -> None:
 
 def prepare_run_dir(config: Config, run_dir: Path) -> None:
     """Create a fresh run directory; refuse to overwrite one that already holds a run."""
-    if (run_dir / CHECKPOINTS).is_dir() and any((run_dir / CHECKPOINTS).iterdir()):
-        raise VsekitError(f"run directory {str(run_dir)!r} already holds a run; resume it with "
-                          f"--resume {run_dir} or choose another --run-dir")
+    check_new_run_dir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(run_dir / CONFIG_FILE,
                        yaml.safe_dump(config.to_dict(), sort_keys=False).encode())
@@ -83,4 +81,12 @@ def load_run_config(run_dir: Path) -> Config:
     path = run_dir / CONFIG_FILE
     if not path.is_file():
         raise VsekitError(f"{str(run_dir)!r} is not a vsekit run directory (no {CONFIG_FILE})")
-    return config_from_dict(yaml.safe_load(path.read_text(encoding="utf-8")), where=str(path))
+    return config_from_dict(load_yaml(path), where=str(path))
+
+
+def check_new_run_dir(run_dir: Path) -> None:
+    """Refuse a directory that already holds a run (nothing is ever overwritten)."""
+    folder = run_dir / CHECKPOINTS
+    if (folder.is_dir() and any(folder.iterdir())) or (run_dir / "metrics.jsonl").exists():
+        raise VsekitError(f"run directory {str(run_dir)!r} already holds a run; resume it with "
+                          f"--resume {run_dir} or choose another --run-dir")

@@ -8,6 +8,7 @@ checkpoint, so ``--resume`` continues exactly where the run stopped.
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 import signal
 import threading
@@ -30,7 +31,14 @@ from vsekit.models.vse import build_model, context_from_split
 from vsekit.train import checkpoint as ckpt
 from vsekit.train.logging import MetricLogger
 from vsekit.train.monitor import FalseNegativeMonitor
-from vsekit.train.run_dir import BEST, CHECKPOINTS, FINAL_METRICS, prepare_run_dir, write_json
+from vsekit.train.run_dir import (
+    BEST,
+    CHECKPOINTS,
+    FINAL_METRICS,
+    check_new_run_dir,
+    prepare_run_dir,
+    write_json,
+)
 from vsekit.train.schedule import lr_factor
 
 
@@ -90,12 +98,14 @@ class Trainer:
         self.config = config
         self.run_dir = Path(run_dir)
         self.show_progress = config.train.progress if progress is None else progress
+        if not resume:
+            check_new_run_dir(self.run_dir)  # before minutes of data loading, not after
         self.device = resolve_device(config.train.device)
         seed_everything(config.seed)
         splits = load_splits(config.data)
         self.train_split = self._split(splits, "train")
         self.dev_split = splits.get("dev")
-        self.test_split = splits.get(config.eval.split)
+        self.test_split = self._split(splits, config.eval.split)
         self.model = build_model(config.model, context_from_split(config.model, self.train_split))
         self.model.to(self.device)
         name, params = LOSSES.parse(config.loss, "loss")
@@ -127,16 +137,19 @@ class Trainer:
                         if self.train_split.relevance is not None else None)
 
     def _param_groups(self) -> list[dict[str, Any]]:
-        """Trainable parameters; pretrained backbones get ``train.backbone_lr`` when set."""
+        """Trainable parameters in groups: pretrained backbones get ``train.backbone_lr`` when
+        set; biases, norms and scalars (e.g. a learned temperature) get no weight decay."""
+        cfg = self.config.train
         named = [*self.model.named_parameters(), *self.loss_fn.named_parameters()]
-        trainable = [(n, p) for n, p in named if p.requires_grad]
-        backbone = [p for n, p in trainable if ".backbone." in f".{n}"]
-        rest = [p for n, p in trainable if ".backbone." not in f".{n}"]
-        groups = [{"params": rest}]
-        if backbone:
-            groups.append({"params": backbone,
-                           "lr": self.config.train.backbone_lr or self.config.train.lr})
-        return groups
+        groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+        for name, param in named:
+            if param.requires_grad:
+                key = (".backbone." in f".{name}", param.ndim >= 2)
+                groups.setdefault(key, []).append(param)
+        return [{"params": params,
+                 "lr": (cfg.backbone_lr or cfg.lr) if backbone else cfg.lr,
+                 "weight_decay": cfg.weight_decay if decay else 0.0}
+                for (backbone, decay), params in sorted(groups.items())]
 
     @staticmethod
     def _split(splits: dict[str, RetrievalSplit], name: str) -> RetrievalSplit:
@@ -179,8 +192,8 @@ class Trainer:
 
     def _restore(self) -> None:
         path, state = ckpt.latest_good_checkpoint(self.run_dir / CHECKPOINTS, self.device)
-        self.model.load_state_dict(state["model"])
-        self.loss_fn.load_state_dict(state["loss"])
+        ckpt.load_weights(self.model, state["model"], path)
+        ckpt.load_weights(self.loss_fn, state["loss"], path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -194,10 +207,14 @@ class Trainer:
         path = self.run_dir / "metrics.jsonl"
         if not path.is_file():
             return
-        import json
 
-        rows = [line for line in path.read_text(encoding="utf-8").splitlines()
-                if line and json.loads(line)["step"] <= step]
+        rows = []
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    rows.append(line)
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut short by the interruption
         ckpt.atomic_write_bytes(path, ("".join(r + "\n" for r in rows)).encode())
 
     # ----------------------------------------------------------------- training
@@ -221,8 +238,9 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(
             [p for g in self.optimizer.param_groups for p in g["params"]],
             self.config.train.grad_clip if self.config.train.grad_clip > 0 else float("inf"))
-        finite = bool(torch.isfinite(out.loss.detach()) & torch.isfinite(grad_norm))
-        if finite or self.scaler.is_enabled():  # the fp16 scaler skips inf steps itself
+        finite = bool(torch.isfinite(out.loss.detach())
+                      & (torch.isfinite(grad_norm) | self.scaler.is_enabled()))
+        if finite:  # (the fp16 scaler itself skips steps whose scaled gradients overflow)
             self.scaler.step(self.optimizer)
             self.scaler.update()
         self.nonfinite_in_a_row = 0 if finite else self.nonfinite_in_a_row + 1
@@ -289,7 +307,8 @@ class Trainer:
                         "the inputs for NaN")
                 if self.stop_requested:
                     self._stop()
-                if cfg.checkpoint_every and self.state.step % cfg.checkpoint_every == 0:
+                if (cfg.checkpoint_every and self.state.step % cfg.checkpoint_every == 0
+                        and not self.nonfinite_in_a_row):
                     self.save()
                 if self.state.step % cfg.log_every == 0:
                     values = {k: float(v) for k, v in diagnostics.items()}
@@ -328,7 +347,7 @@ class Trainer:
     def _final(self) -> dict[str, Any]:
         best = self.run_dir / CHECKPOINTS / BEST
         if best.is_file():
-            self.model.load_state_dict(ckpt.load_checkpoint(best, self.device)["model"])
+            ckpt.load_weights(self.model, ckpt.load_checkpoint(best, self.device)["model"], best)
         result: dict[str, Any] = {"best_epoch": self.state.best_epoch,
                                   "best_dev_rsum": self.state.best_rsum,
                                   "steps": self.state.step,
