@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vsekit.data.formats import DATA_FORMATS
-from vsekit.data.formats.precomp import (
+from vsekit.data.formats._io import (
     first_nonfinite_row,
     order_splits,
     read_lines,

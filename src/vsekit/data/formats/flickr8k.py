@@ -15,23 +15,24 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 
 from vsekit.data.dataset import ImageStore, RetrievalSplit
 from vsekit.data.formats import DATA_FORMATS
-from vsekit.data.formats.precomp import (
+from vsekit.data.formats._io import (
     check_split_names,
     load_float_array,
     order_splits,
+    read_json,
     read_nonblank_lines,
     read_text,
     require_file,
     require_finite,
+    require_images_exist,
     require_root,
     select_splits,
 )
@@ -43,24 +44,6 @@ SAMPLE_DIR = "images_sample"
 
 
 # ---- helpers shared with the karpathy loader ----------------------------------------------
-
-
-def read_json(path: Path) -> Any:
-    """The parsed JSON of a UTF-8 file; a syntax error names its line and column."""
-    try:
-        return json.loads(read_text(path))
-    except json.JSONDecodeError as exc:
-        raise VsekitError(f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: "
-                          f"{exc.msg}); fix the file or download it again") from None
-
-
-def require_images_exist(files: list[Path], source: str) -> None:
-    """Error naming the first missing file of ``files`` (listed in ``source``) and the count."""
-    missing = [path for path in files if not path.is_file()]
-    if missing:
-        raise VsekitError(f"{len(missing)} of {len(files)} image files listed in {source} are "
-                          f"missing (first: {missing[0]}); point the image folder param at "
-                          "the right place or remove their entries")
 
 
 # ---- tables and lists of names -------------------------------------------------------------

@@ -20,11 +20,12 @@ from typing import Any, Literal
 
 from vsekit.data.dataset import ImageStore, RetrievalSplit
 from vsekit.data.formats import DATA_FORMATS
-from vsekit.data.formats.flickr8k import read_json, require_images_exist
-from vsekit.data.formats.precomp import (
+from vsekit.data.formats._io import (
     check_split_names,
     order_splits,
+    read_json,
     require_file,
+    require_images_exist,
     require_root,
     select_splits,
 )
