@@ -111,6 +111,12 @@ def test_train_eval_resume_end_to_end(tmp_path: Path, capsys) -> None:
     code, out, _ = run_cli(["eval", str(run_dir), "--json"], capsys)
     assert code == 0
     assert json.loads(out)["rsum"] == pytest.approx(final["metrics"]["rsum"], abs=1e-6)
+    assert set(final["metrics"]) >= {"graded_i2t_kendall_tau", "graded_t2i_ndcg10"}
+    code, out, _ = run_cli(["eval", str(run_dir), "--json", "--pseudo-labels", "minilm",
+                            "--label-cache-dir", str(tmp_path / "cache"), "--no-progress"], capsys)
+    assert code == 0
+    graded = json.loads(out)
+    assert -1 <= graded["labels_t2i_kendall_tau"] <= 1 and 0 <= graded["pseudo_i2t_ndcg50"] <= 100
     code, out, _ = run_cli(["compare", str(run_dir)], capsys)
     assert code == 0 and out.splitlines()[0].startswith("| run | runs | i2t R@1")
     assert f"| {run_dir.name} | 1 | {final['metrics']['i2t_r1']:.1f} |" in out

@@ -62,7 +62,8 @@ def _eval(args: argparse.Namespace) -> int:
     from vsekit.eval.table import format_metrics
 
     metrics = evaluate_run(Path(args.run_dir), split=args.split, checkpoint=args.checkpoint,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, pseudo_labels=args.pseudo_labels,
+                           label_cache_dir=args.label_cache_dir)
     if args.json:
         print(json.dumps(metrics, indent=2, sort_keys=True))
     else:
@@ -163,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", help="split to evaluate (default test)")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--pseudo-labels", choices=["minilm", "split_features"],
+                   help="also nDCG / Kendall tau against pseudo-label relevance from this "
+                        "sentence encoder (a proxy for semantic relevance)")
+    p.add_argument("--label-cache-dir", help="cache folder for --pseudo-labels minilm")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_eval)
 

@@ -32,3 +32,13 @@ def test_runs_table_mean_and_sample_std() -> None:
     assert cells[:3] == ["vsepp", "3", f"{mean:.1f} ± {std:.1f}"]
     assert cells[-1] == f"{3.0:.1f} ± {1.0:.1f}"
     assert rows[3].startswith("| single | 1 | 10.0 | 11.0 |")
+
+
+def test_graded_sections_are_printed() -> None:
+    row = metrics(10.0)
+    for key in ("i2t", "t2i"):
+        row.update({f"graded_{key}_kendall_tau": 0.25, f"graded_{key}_ndcg10": 61.0,
+                    f"graded_{key}_ndcg50": 70.5})
+    text = format_metrics(row)
+    assert "true graded relevance" in text and "pseudo-label" not in text
+    assert text.splitlines()[-1].split() == ["text→image", "0.250", "61.0", "70.5"]

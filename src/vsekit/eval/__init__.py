@@ -1,5 +1,6 @@
 """Evaluation: retrieval ranks and metrics from similarity matrices."""
 
+from vsekit.eval.graded import graded_metrics, kendall_tau_b, ndcg_at_k, pseudo_relevance
 from vsekit.eval.metrics import (
     metrics_from_ranks,
     recall_at_k,
@@ -10,6 +11,10 @@ from vsekit.eval.metrics import (
 )
 
 __all__ = [
+    "graded_metrics",
+    "kendall_tau_b",
+    "ndcg_at_k",
+    "pseudo_relevance",
     "metrics_from_ranks",
     "recall_at_k",
     "relevance_ranks",

@@ -33,13 +33,26 @@ def load_run_model(run_dir: Path, config: Config, split: RetrievalSplit,
 
 
 def evaluate_run(run_dir: Path, *, split: str = "test", checkpoint: str = "best",
-                 progress: bool = True) -> dict[str, float]:
-    """Metrics of a run's checkpoint on ``split`` of the dataset in its config."""
+                 progress: bool = True, pseudo_labels: str | None = None,
+                 label_cache_dir: str | None = None) -> dict[str, float]:
+    """Metrics of a run's checkpoint on ``split`` of the dataset in its config.
+
+    ``pseudo_labels`` ("minilm" or "split_features") adds nDCG / Kendall τ against
+    pseudo-label relevance from that sentence encoder's caption embeddings (a proxy for
+    semantic relevance; the MiniLM embeddings are cached like the BCLS labels).
+    """
     config = load_run_config(run_dir)
     splits = load_splits(config.data)
     if split not in splits:
         raise VsekitError(f"the run's dataset has no split {split!r} (found: {', '.join(splits)})")
     model = load_run_model(run_dir, config, splits[split], checkpoint)
     device = next(model.parameters()).device
+    pseudo = None
+    if pseudo_labels is not None:
+        from vsekit.labels import load_or_build_cache
+
+        pseudo = load_or_build_cache(splits[split], label_cache_dir, pseudo_labels,
+                                     progress=progress)
     return evaluate(model, splits[split], batch_size=config.eval.batch_size,
-                    chunk_size=config.eval.chunk_size, device=device, progress=progress)
+                    chunk_size=config.eval.chunk_size, device=device, progress=progress,
+                    pseudo_caption_emb=pseudo)

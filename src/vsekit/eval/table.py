@@ -5,6 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 
+GRADED_SECTIONS = (
+    ("graded_", "true graded relevance (model similarity vs fraction of facts satisfied)"),
+    ("pseudo_", "pseudo-label relevance (model similarity vs sentence-encoder labels; a proxy)"),
+    ("labels_", "pseudo labels vs true graded relevance (quality of the labels themselves)"),
+)
+
+
 def format_metrics(metrics: Mapping[str, float], title: str = "") -> str:
     """R@1/5/10, medr, meanr per direction and rsum; complete-relevance recall when present."""
     lines = [title] if title else []
@@ -21,6 +28,14 @@ def format_metrics(metrics: Mapping[str, float], title: str = "") -> str:
             lines.append(f"{label:<12}{metrics[f'{key}_rel_r1']:7.1f}{metrics[f'{key}_rel_r5']:7.1f}"
                          f"{metrics[f'{key}_rel_r10']:7.1f}")
         lines.append(f"rsum (complete relevance) {metrics['rel_rsum']:.1f}")
+    for prefix, label in GRADED_SECTIONS:
+        if f"{prefix}i2t_kendall_tau" in metrics:
+            lines.append(f"{label}:")
+            lines.append(f"{'':<12}{'tau-b':>7}{'nDCG@10':>9}{'nDCG@50':>9}")
+            for key, name in (("i2t", "image→text"), ("t2i", "text→image")):
+                lines.append(f"{name:<12}{metrics[f'{prefix}{key}_kendall_tau']:7.3f}"
+                             f"{metrics[f'{prefix}{key}_ndcg10']:9.1f}"
+                             f"{metrics[f'{prefix}{key}_ndcg50']:9.1f}")
     return "\n".join(lines)
 
 
