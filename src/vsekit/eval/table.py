@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-
 GRADED_SECTIONS = (
     ("graded_", "true graded relevance (model similarity vs fraction of facts satisfied)"),
     ("pseudo_", "pseudo-label relevance (model similarity vs sentence-encoder labels; a proxy)"),
