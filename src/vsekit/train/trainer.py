@@ -13,6 +13,7 @@ import random
 import signal
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -240,11 +241,15 @@ class Trainer:
             self.config.train.grad_clip if self.config.train.grad_clip > 0 else float("inf"))
         finite = bool(torch.isfinite(out.loss.detach())
                       & (torch.isfinite(grad_norm) | self.scaler.is_enabled()))
+        self.nonfinite_in_a_row = 0 if finite else self.nonfinite_in_a_row + 1
         if finite:  # (the fp16 scaler itself skips steps whose scaled gradients overflow)
             self.scaler.step(self.optimizer)
             self.scaler.update()
-        self.nonfinite_in_a_row = 0 if finite else self.nonfinite_in_a_row + 1
-        self.scheduler.step()
+            self.scheduler.step()
+        else:  # the schedule still advances; torch warns when no optimiser step came first
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler")
+                self.scheduler.step()
         return {"loss": out.loss.detach(), "grad_norm": grad_norm.detach(), **out.diagnostics}
 
     def _finished(self) -> bool:
