@@ -68,8 +68,10 @@ def write_json(path: Path, value: Any) -> None:
 
 
 def prepare_run_dir(config: Config, run_dir: Path) -> None:
-    """Create a fresh run directory; refuse to overwrite one that already holds a run."""
-    check_new_run_dir(run_dir)
+    """Create a fresh run directory and record its config and environment.
+
+    Callers check :func:`check_new_run_dir` first (the trainer does, before loading data).
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(run_dir / CONFIG_FILE,
                        yaml.safe_dump(config.to_dict(), sort_keys=False).encode())
