@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import unicodedata
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vsekit.data.text import PAD, PAD_ID, UNK, UNK_ID, Vocabulary, tokenize
+from vsekit.data.text import PAD, PAD_ID, UNK, UNK_ID, Vocabulary, clean_caption_fne, tokenize
 from vsekit.errors import VsekitError
 
 
@@ -114,3 +115,35 @@ def test_list_round_trip_and_equality():
 def test_from_list_rejects_malformed(tokens):
     with pytest.raises(VsekitError, match="vocabulary"):
         Vocabulary.from_list(tokens)
+
+
+@pytest.mark.parametrize(("caption", "expected"), [
+    ("A Dog's ball.", "a dogs ball"),
+    ("Two kids (a boy/girl) jump-rope!", "two kids a boy girl jump rope"),
+    ('He said: "hi"; ok? ~*#', "he said hi ok"),
+    ("  many\tspaces \n here ", "many spaces here"),
+    ("", ""),
+])
+def test_clean_caption_fne_examples(caption, expected):
+    assert clean_caption_fne(caption) == expected
+
+
+def test_clean_caption_fne_keeps_at_most_max_words():
+    words = [f"w{i}" for i in range(40)]
+    assert clean_caption_fne(" ".join(words)) == " ".join(words[:30])
+    assert clean_caption_fne("a b c", max_words=2) == "a b"
+
+
+def test_clean_caption_fne_matches_a_character_loop():
+    dropped, spaced = set(",.'!?\"()*#:;~"), set("-/")
+    rng = np.random.default_rng(0)
+    alphabet = list("abcXYZ -/,.'!?\"()*#:;~\t12")
+    for _ in range(200):
+        text = "".join(rng.choice(alphabet, size=int(rng.integers(0, 60))))
+        chars = []
+        for ch in text.lower():
+            if ch in dropped:
+                continue
+            chars.append(" " if ch in spaced else ch)
+        expected = " ".join("".join(chars).split()[:30])
+        assert clean_caption_fne(text) == expected

