@@ -81,3 +81,20 @@ def test_features_data_and_missing_weights_are_one_line_errors(tiny_vit, tmp_pat
         build({"type": "hf_vit", "model": tiny_vit, "image_size": 32}, kind="features")
     with pytest.raises(VsekitError, match="not available offline"):
         IMAGE_ENCODERS.parse({"type": "hf_vit", "model": str(tmp_path)}, "model.image")
+
+
+def test_training_prepare_applies_crop_flip_and_randaugment_from_the_generator(tiny_vit):
+    section = {"type": "hf_vit", "model": tiny_vit, "image_size": 32, "augment": True,
+               "randaugment_ops": 2}
+    pixels = np.random.default_rng(1).integers(0, 256, size=(4, 40, 40, 3), dtype=np.uint8)
+    store, index = ImageStore("pixels", pixels=pixels), np.arange(4)
+    first, second = build(section), build(section)
+    a = first.prepare(store, index, train=True)
+    b = second.prepare(store, index, train=True)
+    torch.testing.assert_close(a, b)  # same seed, same pipeline
+    plain = build({**section, "randaugment_ops": 0})
+    assert not torch.allclose(plain.prepare(store, index, train=True), a)
+    evaluation = first.prepare(store, index, train=False)  # no augmentation at test time
+    torch.testing.assert_close(evaluation, second.prepare(store, index, train=False))
+    with pytest.raises(VsekitError, match="RandAugment needs"):
+        IMAGE_ENCODERS.parse({**section, "randaugment_magnitude": 12}, "model.image")

@@ -7,7 +7,7 @@ generator gives the same crops and flips on every run. Tensors are float32 ``[3,
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -102,9 +102,12 @@ def to_tensor(img: Image.Image, mean: Sequence[float], std: Sequence[float]) -> 
 
 def transform(img: Image.Image, size: int, mean: Sequence[float], std: Sequence[float],
               augment: bool = False, generator: torch.Generator | None = None,
-              crop_scale: tuple[float, float] = (0.08, 1.0)) -> torch.Tensor:
+              crop_scale: tuple[float, float] = (0.08, 1.0),
+              extra: Callable[[Image.Image, torch.Generator], Image.Image] | None = None,
+              ) -> torch.Tensor:
     """The full pipeline → [3, size, size]: resize (or, when ``augment``, a random resized crop
-    with ``crop_scale`` and a flip with probability 1/2, drawn from ``generator``), normalise.
+    with ``crop_scale``, a flip with probability 1/2 and then ``extra`` (e.g. RandAugment),
+    all drawn from ``generator``), normalise.
     """
     if augment:
         if generator is None:
@@ -112,6 +115,8 @@ def transform(img: Image.Image, size: int, mean: Sequence[float], std: Sequence[
         img = random_resized_crop(img, size, generator, scale=crop_scale)
         if float(torch.rand((), generator=generator)) < 0.5:
             img = hflip(img)
+        if extra is not None:
+            img = extra(img, generator)
     else:
         img = resize(img, size)
     return to_tensor(img, mean, std)

@@ -20,6 +20,7 @@ from torch import nn
 
 from vsekit.data.dataset import ImageStore
 from vsekit.data.images import HALF_MEAN_STD, IMAGENET_MEAN, IMAGENET_STD, load_image, transform
+from vsekit.data.randaugment import PILAugment
 from vsekit.errors import VsekitError
 from vsekit.models.base import IMAGE_ENCODERS, ImageEncoder, ModelContext
 from vsekit.models.efficientnet import FEATURE_DIM, pretrained_efficientnet_lite0
@@ -52,16 +53,18 @@ def feature_batch(store: ImageStore, index: np.ndarray, encoder: str) -> torch.T
 def pixel_batch(store: ImageStore, index: np.ndarray, size: int, mean: tuple[float, ...],
                 std: tuple[float, ...], augment: bool = False,
                 generator: torch.Generator | None = None,
-                crop_scale: tuple[float, float] = (0.08, 1.0)) -> torch.Tensor:
+                crop_scale: tuple[float, float] = (0.08, 1.0),
+                extra: PILAugment | None = None) -> torch.Tensor:
     """float32 [B, 3, size, size] for images ``index`` of a pixels or files store, each
-    resized (or randomly cropped and flipped when ``augment``) and normalised.
+    resized (or, when ``augment``, randomly cropped, flipped and passed through ``extra``) and
+    normalised.
     """
     if store.kind == "features":
         raise VsekitError("this image encoder needs pixels or image files, but the data holds "
                           "precomputed features; use type projection or gpo")
     images = ([load_image(store.files[i]) for i in index] if store.kind == "files"
               else [Image.fromarray(np.asarray(store.pixels[i], dtype=np.uint8)) for i in index])
-    return torch.stack([transform(img, size, mean, std, augment, generator, crop_scale)
+    return torch.stack([transform(img, size, mean, std, augment, generator, crop_scale, extra)
                         for img in images])
 
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from vsekit.data.dataset import ImageStore
 from vsekit.data.images import HALF_MEAN_STD, IMAGENET_MEAN, IMAGENET_STD
+from vsekit.data.randaugment import RandAugment
 from vsekit.errors import VsekitError
 from vsekit.models.base import IMAGE_ENCODERS, ImageEncoder, ModelContext
 from vsekit.models.image import check_positive, pixel_batch, require_kind
@@ -39,7 +40,9 @@ class ViTParams:
     ``project``: a Linear hidden → embed_dim (false: embed_dim must equal the hidden size, as
     in FNE). ``image_size``: input side in pixels (must match the model's position
     embeddings). ``normalize``: pixel mean/std ("half" = 0.5, "imagenet", "clip" as FNE).
-    ``augment``: random resized crop (area ``crop_scale``) + horizontal flip in training.
+    ``augment``: random resized crop (area ``crop_scale``) + horizontal flip in training,
+    followed by RandAugment when ``randaugment_ops`` > 0 (FNE: 2 ops at magnitude 7, see
+    :mod:`vsekit.data.randaugment`).
     """
 
     model: str = "google/vit-base-patch16-384"
@@ -50,6 +53,8 @@ class ViTParams:
     normalize: Literal["half", "imagenet", "clip"] = "half"
     augment: bool = False
     crop_scale: tuple[float, float] = (0.5, 1.0)
+    randaugment_ops: int = 0
+    randaugment_magnitude: float = 7.0
 
     def validate(self, where: str) -> None:
         check_positive(where, image_size=self.image_size)
@@ -57,6 +62,7 @@ class ViTParams:
         if not 0 < low <= high <= 1:
             raise VsekitError(f"{where}.crop_scale must be two numbers 0 < low <= high <= 1, "
                               f"got {list(self.crop_scale)}")
+        RandAugment(self.randaugment_ops, self.randaugment_magnitude)
         resolve_model_path(self.model, role="image")
 
 
@@ -94,6 +100,8 @@ class ViTEncoder(ImageEncoder):
                               f"embed_dim to {hidden} or project: true")
         self.head = nn.Linear(hidden, context.embed_dim) if params.project else None
         self.generator = torch.Generator().manual_seed(0)
+        self.randaugment = (RandAugment(params.randaugment_ops, params.randaugment_magnitude)
+                            if params.randaugment_ops else None)
         self.train()
 
     def train(self, mode: bool = True) -> ViTEncoder:
@@ -106,7 +114,8 @@ class ViTEncoder(ImageEncoder):
     def prepare(self, store: ImageStore, index: np.ndarray, train: bool) -> torch.Tensor:
         mean, std = NORMALISATIONS[self.params.normalize]
         return pixel_batch(store, index, self.params.image_size, mean, std,
-                           train and self.params.augment, self.generator, self.params.crop_scale)
+                           train and self.params.augment, self.generator, self.params.crop_scale,
+                           self.randaugment)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.params.freeze):
