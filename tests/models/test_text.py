@@ -271,3 +271,24 @@ def test_precomputed_errors():
     bad[3, 2] = np.inf
     with pytest.raises(VsekitError, match="caption features contain NaN or Inf"):
         enc.prepare(make_split(CAPTIONS, bad), np.array([0, 3]))
+
+
+@pytest.mark.parametrize("k", [0, 2, 6])
+def test_train_layers_leaves_only_the_top_layers_trainable(k):
+    enc = build({"type": "hf", "train_layers": k, "max_length": 16}, embed_dim=8).train()
+    layers = enc.backbone.encoder.layer
+    for i, layer in enumerate(layers):
+        assert all(p.requires_grad == (i >= len(layers) - k) for p in layer.parameters())
+    assert not any(p.requires_grad for p in enc.backbone.embeddings.parameters())
+    enc(**enc.prepare(make_split(CAPTIONS), np.arange(3))).sum().backward()
+    for i, layer in enumerate(layers):
+        got_grad = [p.grad is not None for p in layer.parameters()]
+        assert all(got_grad) if i >= len(layers) - k else not any(got_grad)
+    assert enc.head.weight.grad is not None
+
+
+def test_train_layers_beyond_the_model_is_a_one_line_error():
+    with pytest.raises(VsekitError, match="model has 6 layers"):
+        build({"type": "hf", "train_layers": 7}, embed_dim=8)
+    with pytest.raises(VsekitError, match="train_layers must be >= 0"):
+        TEXT_ENCODERS.parse({"type": "hf", "train_layers": -1}, "model.text")

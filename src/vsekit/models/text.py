@@ -155,6 +155,8 @@ class HFParams:
     batches to their longest caption without truncating, while evaluation still truncates to
     ``max_length`` (the FNE reference quirk; the encoder's ``training`` flag tells which).
     ``clean``: "fne" applies the FNE reference's caption preprocessing first.
+    ``train_layers``: fine-tune only the top k transformer layers (embeddings and lower layers
+    stay fixed, so backward stops at layer L−k); None trains all (unless ``freeze``).
     """
 
     model: str = MINILM
@@ -164,10 +166,28 @@ class HFParams:
     project: bool = True
     train_truncation: bool = True
     clean: Literal["none", "fne"] = "none"
+    train_layers: int | None = None
 
     def validate(self, where: str) -> None:
         check_positive(where, max_length=self.max_length)
+        if self.train_layers is not None and self.train_layers < 0:
+            raise VsekitError(f"{where}.train_layers must be >= 0 or null, got {self.train_layers}")
         resolve_model_path(self.model)
+
+
+def freeze_lower_layers(backbone: nn.Module, train_layers: int) -> None:
+    """Leave only the top ``train_layers`` of ``backbone.encoder.layer`` (and what follows
+    them) trainable: the embeddings and the layers below are fixed."""
+    layers = getattr(getattr(backbone, "encoder", None), "layer", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise VsekitError("train_layers needs a transformer with encoder.layer (BERT, MiniLM, "
+                          "ViT...); this model has none, remove train_layers")
+    if train_layers > len(layers):
+        raise VsekitError(f"train_layers is {train_layers} but the model has {len(layers)} "
+                          f"layers; use at most {len(layers)}")
+    backbone.embeddings.requires_grad_(False)
+    for layer in layers[:len(layers) - train_layers]:
+        layer.requires_grad_(False)
 
 
 @TEXT_ENCODERS.register("hf", HFParams)
@@ -188,6 +208,8 @@ class HFEncoder(TextEncoder):
             raise VsekitError(f"cannot load the text model from {str(path)!r}: "
                               f"{str(exc).splitlines()[0][:200]}") from None
         self.backbone.requires_grad_(not params.freeze)
+        if params.train_layers is not None and not params.freeze:
+            freeze_lower_layers(self.backbone, params.train_layers)
         hidden = self.backbone.config.hidden_size
         if not params.project and context.embed_dim != hidden:
             raise VsekitError(f"text encoder 'hf' with project: false outputs {hidden}-d "
