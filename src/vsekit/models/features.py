@@ -44,23 +44,18 @@ def list_images(folder: str | Path) -> list[Path]:
     return files
 
 
-def extract_features(image_paths: list[Path], out: str | Path, *, batch_size: int = 64,
-                     image_size: int = 224, dtype: Literal["float16", "float32"] = "float16",
-                     device: str | torch.device = "cpu", progress: bool = True) -> np.ndarray:
-    """Encode images with the pretrained EfficientNet-Lite0 (on ``device``) and save them.
+def image_file_features(image_paths: list[Path], *, batch_size: int = 64, image_size: int = 224,
+                        device: str | torch.device = "cpu", progress: bool = True) -> np.ndarray:
+    """EfficientNet-Lite0 features of image files, float32 [N, 1280] (not saved).
 
-    Each image is resized to ``image_size × image_size`` (bicubic) and ImageNet-normalised.
-    Returns the array [N, 1280] (``dtype``) also written to ``out``; the file names go to
-    ``out.with_suffix('.txt')``, one a line.
+    Each image is resized to ``image_size × image_size`` (bicubic) and ImageNet-normalised,
+    the preprocessing of the Flickr8k pack's features.
     """
     if not image_paths:
         raise VsekitError("no images to encode; pass a folder with .jpg/.jpeg/.png files")
     if batch_size < 1 or image_size < 32:
         raise VsekitError(f"batch_size must be at least 1 and image_size at least 32, got "
                           f"{batch_size} and {image_size}")
-    out = Path(out)
-    if out.suffix != ".npy":
-        raise VsekitError(f"feature file {str(out)!r} must end in .npy")
     model = pretrained_efficientnet_lite0().to(device)
     chunks = []
     starts = range(0, len(image_paths), batch_size)
@@ -69,7 +64,22 @@ def extract_features(image_paths: list[Path], out: str | Path, *, batch_size: in
             batch = [transform(load_image(p), image_size, IMAGENET_MEAN, IMAGENET_STD)
                      for p in image_paths[start:start + batch_size]]
             chunks.append(model.features(torch.stack(batch).to(device)).float().cpu().numpy())
-    features = np.concatenate(chunks).astype(dtype)
+    return np.concatenate(chunks)
+
+
+def extract_features(image_paths: list[Path], out: str | Path, *, batch_size: int = 64,
+                     image_size: int = 224, dtype: Literal["float16", "float32"] = "float16",
+                     device: str | torch.device = "cpu", progress: bool = True) -> np.ndarray:
+    """Encode images with :func:`image_file_features` (on ``device``) and save them.
+
+    Returns the array [N, 1280] (``dtype``) also written to ``out``; the file names go to
+    ``out.with_suffix('.txt')``, one a line.
+    """
+    out = Path(out)
+    if out.suffix != ".npy":
+        raise VsekitError(f"feature file {str(out)!r} must end in .npy")
+    features = image_file_features(image_paths, batch_size=batch_size, image_size=image_size,
+                                   device=device, progress=progress).astype(dtype)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, features)
     out.with_suffix(".txt").write_text("".join(f"{Path(p).name}\n" for p in image_paths),
