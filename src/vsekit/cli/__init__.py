@@ -41,6 +41,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except VsekitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return VsekitError.exit_code
+    except BrokenPipeError:  # output piped into `head` and closed early: not an error to report
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # no second complaint when Python flushes stdout
+        return 1
     except OSError as exc:  # full disk, read-only folder, permissions
         where = f" ({exc.filename})" if exc.filename else ""
         print(f"error: {exc.strerror or exc}{where}; free space or choose another folder",
