@@ -58,5 +58,5 @@ def test_missing_and_undecodable_files(tmp_path: Path) -> None:
         load_yaml(tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_bytes(b"seed: \xff\xfe\n")
-    with pytest.raises(VsekitError, match="not valid YAML"):
+    with pytest.raises(VsekitError, match="not UTF-8 text"):
         load_yaml(bad)

@@ -18,6 +18,52 @@ import yaml
 from vsekit.errors import VsekitError
 from vsekit.registry import parse_dataclass
 
+MAX_SEED = 2**32 - 1  # numpy's legacy seeds; torch and the loaders accept every such seed
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that rejects a key given twice in one mapping (plain YAML keeps the
+    last one silently, so a repeated section would drop the first)."""
+
+
+def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode,
+                              deep: bool = False) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: later keys override it
+            continue
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            repeated = key in seen
+        except TypeError:  # unhashable: construct_mapping reports it
+            continue
+        if repeated:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                                 _construct_unique_mapping)
+
+
+def parse_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that also rejects repeated keys; errors stay ``yaml.YAMLError`` (or
+    ``RecursionError`` for absurdly deep nesting)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
+
+
+def _yaml_problem(exc: Exception) -> str:
+    """One line describing a YAML error, with its line number where YAML gives one."""
+    if isinstance(exc, RecursionError):
+        return "it is nested too deeply"
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        problem = exc.problem or exc.context or "invalid syntax"
+        return f"line {exc.problem_mark.line + 1}: {problem}"
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
 
 @dataclass
 class TrainConfig:
@@ -125,11 +171,14 @@ class Config:
         return dataclasses.asdict(self)
 
     def validate(self, where: str = "config") -> None:
-        """Check the component sections against their registries (imports them lazily)."""
+        """Check the seed, then the component sections against their registries (imported
+        lazily)."""
         from vsekit.data.formats import DATA_FORMATS
         from vsekit.losses import LOSSES
         from vsekit.models import IMAGE_ENCODERS, TEXT_ENCODERS
 
+        if not 0 <= self.seed <= MAX_SEED:
+            raise VsekitError(f"{where}.seed must be an integer in 0..{MAX_SEED}, got {self.seed}")
         DATA_FORMATS.parse(self.data, f"{where}.data")
         IMAGE_ENCODERS.parse(self.model.image, f"{where}.model.image")
         TEXT_ENCODERS.parse(self.model.text, f"{where}.model.text")
@@ -139,8 +188,8 @@ class Config:
 def _parse_scalar(text: str) -> Any:
     """A ``--set`` value as YAML, minus YAML 1.1 surprises (``off`` → False, ``1e-3`` → str)."""
     try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
+        value = parse_yaml(text)
+    except (yaml.YAMLError, RecursionError):
         return text
     if isinstance(value, bool) and text.strip().lower() not in ("true", "false"):
         return text
@@ -188,10 +237,18 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise VsekitError(f"config file {str(path)!r} not found; pass a YAML recipe such as "
                           "configs/demo.yaml")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise VsekitError(f"config file {str(path)!r} is not valid YAML: {first}") from None
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise VsekitError(f"config file {str(path)!r} is not UTF-8 text (byte {exc.start}); "
+                          "save it as UTF-8") from None
+    except OSError as exc:
+        raise VsekitError(f"config file {str(path)!r} cannot be read ({exc.strerror or exc})"
+                          ) from None
+    try:
+        raw = parse_yaml(text)
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise VsekitError(f"config file {str(path)!r} is not valid YAML: {_yaml_problem(exc)}"
+                          ) from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 
 import numpy as np
@@ -16,6 +17,7 @@ from vsekit.data.images import (
     IMAGENET_STD,
     crop_box,
     hflip,
+    image_format,
     load_image,
     random_resized_crop,
     resize,
@@ -179,3 +181,18 @@ def test_transform_augment_is_deterministic_per_seed_and_varies_across_seeds():
 def test_transform_augment_needs_a_generator():
     with pytest.raises(ValueError, match="Generator"):
         transform(random_image(8, 8), 4, IMAGENET_MEAN, IMAGENET_STD, augment=True)
+
+
+@pytest.mark.parametrize(("pil_format", "name"), [
+    ("JPEG", "JPEG"), ("PNG", "PNG"), ("GIF", "GIF"), ("BMP", "BMP"), ("TIFF", "TIFF"),
+    ("WEBP", "WebP")])
+def test_image_format_recognises_what_pil_writes(pil_format: str, name: str) -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4), (10, 200, 30)).save(buffer, format=pil_format)
+    assert image_format(buffer.getvalue()[:12]) == name
+
+
+@pytest.mark.parametrize("head", [b"", b"<!DOCTYPE html>", b"\x00" * 12, b"RIFF\x00\x00\x00\x00WAVE",
+                                  b"\xff\xd8", b"PK\x03\x04", b"GIF87"])
+def test_image_format_rejects_other_bytes(head: bytes) -> None:
+    assert image_format(head) is None

@@ -22,6 +22,19 @@ HALF_MEAN_STD = (0.5, 0.5, 0.5)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
+# Leading bytes of the image formats datasets ship (WebP: "RIFF", 4 size bytes, "WEBP").
+IMAGE_SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"),
+                    (b"GIF89a", "GIF"), (b"BM", "BMP"), (b"II*\x00", "TIFF"),
+                    (b"MM\x00*", "TIFF"))
+
+
+def image_format(head: bytes) -> str | None:
+    """The image format whose signature starts ``head`` (a file's first 12 bytes), or None."""
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    return next((name for magic, name in IMAGE_SIGNATURES if head.startswith(magic)), None)
+
+
 def load_image(path: str | Path) -> Image.Image:
     """Decode an image file to an RGB PIL image; unreadable or non-image files → VsekitError."""
     try:

@@ -53,7 +53,7 @@ def write_pack(root: Path, sample: tuple[str, ...] = ("a.jpg", "d.jpg")) -> dict
     np.save(root / "features/image_effl0_1280.f16.npy", image_features)
     np.save(root / "features/caption_minilm_384.f16.npy", caption_features)
     for name in sample:
-        (root / "images_sample" / name).write_bytes(b"jpeg")
+        (root / "images_sample" / name).write_bytes(b"\xff\xd8\xff\xe0 jpeg")
     return {"image": image_features, "caption": caption_features}
 
 
@@ -230,7 +230,7 @@ def write_kaggle(root: Path, rows=KAGGLE, header=("image", "caption"), skip=()) 
         writer.writerow(header)
         writer.writerows(rows)
     for name in {image for image, _ in rows if image} - set(skip):
-        (root / "Images" / name).write_bytes(b"jpeg")
+        (root / "Images" / name).write_bytes(b"\xff\xd8\xff\xe0 jpeg")
 
 
 def test_kaggle_split_files(tmp_path):

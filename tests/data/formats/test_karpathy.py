@@ -19,7 +19,7 @@ def load(**params) -> dict:
 def touch_images(root: Path, paths: list[str]) -> None:
     for path in paths:
         (root / path).parent.mkdir(parents=True, exist_ok=True)
-        (root / path).write_bytes(b"jpeg")
+        (root / path).write_bytes(b"\xff\xd8\xff\xe0 jpeg")
 
 
 def write_json(path: Path, data) -> Path:

@@ -90,6 +90,10 @@ def test_image_stride_keeps_every_kth_row_and_id(tmp_path):
     np.testing.assert_array_equal(np.asarray(split.images.features), base)
     assert split.caption_to_image.tolist() == slow_caption_to_image(15, 5)
     assert split.image_ids == ["img0", "img1", "img2"]
+    # Without the stride the repeated ids give the forgotten setting away.
+    with pytest.raises(VsekitError, match=r"image id 'img0' twice \(lines 1 and 2\).*image_stride"):
+        load(root=str(tmp_path))
+    (tmp_path / "test_ids.txt").unlink()
     unstrided = load(root=str(tmp_path))["test"]
     assert unstrided.n_images == 15 and unstrided.caption_to_image.tolist() == list(range(15))
 
@@ -173,11 +177,15 @@ def test_truncated_npy(tmp_path):
         load(root=str(tmp_path))
 
 
-@pytest.mark.parametrize("payload", [b"", b"garbage that is not numpy", b"\x93NUMPY\x01\x00"])
-def test_corrupt_npy(tmp_path, payload):
+@pytest.mark.parametrize(("payload", "message"), [
+    (b"", r"is not a .npy file \(it is empty\)"),
+    (b"garbage that is not numpy", r"is not a .npy file \(it starts with b'garbage '\)"),
+    (b"\x93NUMPY\x01\x00", r"is not a readable .npy file"),
+])
+def test_corrupt_npy(tmp_path, payload, message):
     (tmp_path / "train_ims.npy").write_bytes(payload)
     _write_caps(tmp_path, 1)
-    with pytest.raises(VsekitError, match=r"is not a readable .npy file"):
+    with pytest.raises(VsekitError, match=message):
         load(root=str(tmp_path))
 
 

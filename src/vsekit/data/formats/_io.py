@@ -9,11 +9,14 @@ from typing import Any
 
 import numpy as np
 
+from vsekit.data.images import image_format
 from vsekit.errors import VsekitError, require
 
 _CHUNK_BYTES = 1 << 26
 STANDARD_SPLITS = ("train", "dev", "test")
 _UTF8_BOM = b"\xef\xbb\xbf"
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGIC = b"PK\x03\x04"  # an .npz archive
 
 
 def require_root(root: str | None, what: str) -> Path:
@@ -64,6 +67,16 @@ def read_nonblank_lines(path: Path, what: str) -> list[str]:
 
 def load_float_array(path: Path, ndims: tuple[int, ...]) -> np.ndarray:
     """Memory-map a float ``.npy`` array of rank in ``ndims``; corrupt files name the fix."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+    except OSError as exc:
+        raise VsekitError(f"cannot read {path} ({exc.strerror}); check the path and its "
+                          "permissions") from None
+    if not head.startswith((_NPY_MAGIC, _ZIP_MAGIC)):
+        what = "is empty" if not head else f"starts with {head!r}"
+        raise VsekitError(f"{path} is not a .npy file (it {what}); save the array with "
+                          "numpy.save")
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
@@ -145,12 +158,43 @@ def read_json(path: Path) -> Any:
     except json.JSONDecodeError as exc:
         raise VsekitError(f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: "
                           f"{exc.msg}); fix the file or download it again") from None
+    except RecursionError:
+        raise VsekitError(f"{path} is nested too deeply to be a dataset file; fix the file or "
+                          "download it again") from None
 
 
-def require_images_exist(files: list[Path], source: str) -> None:
-    """Error naming the first missing file of ``files`` (listed in ``source``) and the count."""
+def require_images_exist(files: list[Path], source: str, check_format: bool = True) -> None:
+    """Error naming the first missing file of ``files`` (listed in ``source``) and the count;
+    with ``check_format``, also the first file that is not an image (its first bytes are no
+    JPEG/PNG/GIF/BMP/TIFF/WebP signature: an HTML error page, an empty or foreign file)."""
     missing = [path for path in files if not path.is_file()]
     if missing:
         raise VsekitError(f"{len(missing)} of {len(files)} image files listed in {source} are "
                           f"missing (first: {missing[0]}); point the image folder param at "
                           "the right place or remove their entries")
+    if not check_format:
+        return
+    for path in files:
+        try:
+            with open(path, "rb") as handle:
+                head = handle.read(12)
+        except OSError as exc:
+            raise VsekitError(f"cannot read image file {path} ({exc.strerror}); check its "
+                              "permissions") from None
+        if image_format(head) is None:
+            what = "is empty" if not head else f"starts with {head[:8]!r}"
+            raise VsekitError(f"{path} (listed in {source}) is not an image file (it {what}); "
+                              "replace it with the image or remove its entries")
+
+
+def require_unique(names: list[str], what: str, source: Path | str,
+                   fix: str = "give each its own", step: int = 1) -> None:
+    """Error naming the first value of ``names`` given twice (``what``: "image id", ...) and
+    its lines in ``source``, where ``names[i]`` is on line ``i * step + 1``; ``fix`` ends the
+    message."""
+    first_row: dict[str, int] = {}
+    for row, name in enumerate(names):
+        if name in first_row:
+            raise VsekitError(f"{source} gives the {what} {name!r} twice (lines "
+                              f"{first_row[name] * step + 1} and {row * step + 1}); {fix}")
+        first_row[name] = row

@@ -34,6 +34,7 @@ from vsekit.data.formats._io import (
     require_finite,
     require_images_exist,
     require_root,
+    require_unique,
     select_splits,
 )
 from vsekit.errors import VsekitError, require
@@ -158,7 +159,9 @@ def _pack_images(root: Path, names: list[str], kind: str) -> tuple[ImageStore, n
                              "JPEGs there (or use images: features)")
     present = {path.name for path in folder.iterdir()}
     mask = np.array([name in present for name in names], dtype=bool)
-    return ImageStore("files", files=[folder / name for name in names]), mask
+    files = [folder / name for name in names]
+    require_images_exist([files[i] for i in np.flatnonzero(mask)], str(root / "images.txt"))
+    return ImageStore("files", files=files), mask
 
 
 @DATA_FORMATS.register("flickr8k", Flickr8kParams)
@@ -166,8 +169,9 @@ def load_flickr8k(params: Flickr8kParams) -> dict[str, RetrievalSplit]:
     """The Flickr8k real-data pack: image/caption features, or the 200 sample JPEGs."""
     root = require_root(params.root, "the Flickr8k pack folder (images.txt, captions.tsv, "
                                      "splits.json, features/)")
-    names = read_nonblank_lines(require_file(root / "images.txt", "one image file name a line"),
-                                "an image file name")
+    images_txt = require_file(root / "images.txt", "one image file name a line")
+    names = read_nonblank_lines(images_txt, "an image file name")
+    require_unique(names, "image file name", images_txt)
     tsv = require_file(root / "captions.tsv", "a tab-separated table image, caption_index, "
                                               "caption")
     caption_images, captions = read_caption_table(tsv, "\t", csv.QUOTE_NONE)
@@ -213,6 +217,8 @@ class Flickr8kCsvParams:
         dev_size, test_size: image counts of the seeded split (0 leaves that split out).
         seed: seed of the permutation.
         splits: splits to load; None loads every split defined.
+        check_images: read the first bytes of every image file used, so a file that is not
+            an image (an HTML error page, an empty download) is reported before training.
     """
 
     root: str | None = None
@@ -223,11 +229,13 @@ class Flickr8kCsvParams:
     test_size: int = 1000
     seed: int = 0
     splits: list[str] | None = None
+    check_images: bool = True
 
     def validate(self, where: str) -> None:
         require(self.root is not None, f"{where}.root is required: set it to the folder "
                                        "holding captions.txt and Images/")
         check_split_names(self.splits, where)
+        require(self.seed >= 0, f"{where}.seed must be non-negative, got {self.seed}")
         for name in ("dev_size", "test_size"):
             require(getattr(self, name) >= 0,
                     f"{where}.{name} must be non-negative, got {getattr(self, name)}")
@@ -290,7 +298,7 @@ def load_flickr8k_csv(params: Flickr8kCsvParams) -> dict[str, RetrievalSplit]:
     image_root = root / params.image_dir
     files = [image_root / name for name in names]
     used = np.unique(np.concatenate([split_rows[name] for name in selected]))
-    require_images_exist([files[i] for i in used], str(table))
+    require_images_exist([files[i] for i in used], str(table), params.check_images)
     everything = RetrievalSplit(
         name="all", images=ImageStore("files", files=files), captions=captions,
         caption_to_image=rows_of(caption_images, position, str(table), str(table)),

@@ -9,7 +9,9 @@
     no id) are merged into one image with all their captions. Files are ``files`` (split →
     path) or, by default, ``train.json``, ``dev.json`` or ``val.json`` (→ dev), ``test.json``.
 
-Image paths are relative to ``image_root``; every image of a loaded split must exist.
+Image paths are relative to ``image_root``; every image of a loaded split must exist and be an
+image file (its first bytes are checked, unless ``check_images`` is false), and an image id
+may name one file and appear in one split only.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ class KarpathyParams:
         files: ALBEF split name → JSON path relative to ``root`` (names used as given).
         restval_to_train: put Karpathy's ``restval`` images into ``train``.
         splits: splits to load; None loads every split found.
+        check_images: read the first bytes of every image file, so a file that is not an
+            image (an HTML error page, an empty download) is reported before training.
     """
 
     root: str | None = None
@@ -58,6 +62,7 @@ class KarpathyParams:
     files: dict | None = None
     restval_to_train: bool = True
     splits: list[str] | None = None
+    check_images: bool = True
 
     def validate(self, where: str) -> None:
         require(self.root is not None, f"{where}.root is required: set it to the folder "
@@ -172,7 +177,21 @@ def check_image_ids(records: list[Record]) -> list[Record]:
     return records
 
 
-def build_split(name: str, records: list[Record], image_root: Path) -> RetrievalSplit:
+def check_disjoint_splits(by_split: dict[str, list[Record]]) -> None:
+    """An image id in two splits is an error naming both records (a test image seen in
+    training inflates every score)."""
+    owner: dict[str, tuple[str, Record]] = {}
+    for split, records in by_split.items():
+        for record in records:
+            first_split, first = owner.setdefault(record.image_id, (split, record))
+            if first_split != split:
+                raise VsekitError(f"image id {record.image_id!r} is in split {first_split!r} "
+                                  f"({first.where}) and in split {split!r} ({record.where}); "
+                                  "put each image in one split")
+
+
+def build_split(name: str, records: list[Record], image_root: Path,
+                check_images: bool = True) -> RetrievalSplit:
     """Merge records by image id (first-appearance order) into a split of image files."""
     position: dict[str, int] = {}
     files: list[Path] = []
@@ -184,7 +203,7 @@ def build_split(name: str, records: list[Record], image_root: Path) -> Retrieval
             files.append(image_root / record.path)
         captions.extend(record.captions)
         caption_to_image.extend([position[record.image_id]] * len(record.captions))
-    require_images_exist(files, str(records[0].file))
+    require_images_exist(files, str(records[0].file), check_images)
     return RetrievalSplit(name=name, images=ImageStore("files", files=files), captions=captions,
                           caption_to_image=caption_to_image, image_ids=list(position),
                           image_root=image_root)
@@ -249,5 +268,7 @@ def load_karpathy(params: KarpathyParams) -> dict[str, RetrievalSplit]:
     image_root = root if params.image_root is None else Path(params.image_root).expanduser()
     require(image_root.is_dir(), f"image folder {str(image_root)!r} not found; set "
                                  "data.image_root to the folder the JSON image paths start from")
-    return {name: build_split(name, records, image_root)
-            for name, records in split_records(params, root).items()}
+    by_split = split_records(params, root)
+    check_disjoint_splits(by_split)
+    return {name: build_split(name, records, image_root, params.check_images)
+            for name, records in by_split.items()}

@@ -6,7 +6,8 @@
   memory-mapped, so large files are not read into memory;
 - ``{split}_caps.txt``: UTF-8, one caption per line, ``k`` consecutive captions per image,
   in image order (caption ``j`` describes image ``j // k``);
-- ``{split}_ids.txt`` (optional): one image id per row of ``{split}_ims.npy``; without it
+- ``{split}_ids.txt`` (optional): one image id per row of ``{split}_ims.npy``, distinct
+  images with distinct ids (rows repeated by ``image_stride`` may repeat theirs); without it
   the ids are ``"{split}-{i}"``.
 
 The module also holds the file helpers the other loaders share (text, ``.npy``, splits).
@@ -29,6 +30,7 @@ from vsekit.data.formats._io import (
     require_file,
     require_finite,
     require_root,
+    require_unique,
     select_splits,
 )
 from vsekit.errors import require
@@ -97,6 +99,8 @@ def _image_ids(path: Path, n_rows: int, stride: int, split: str) -> list[str]:
     ids = read_nonblank_lines(path, "an image id")
     require(len(ids) == n_rows, f"{path} has {len(ids)} ids for {n_rows} feature rows; write "
                                 "one image id per row of the features file")
+    require_unique(ids[::stride], "image id", path, "give each image its own id, or set "
+                   "data.image_stride when each image row repeats once per caption", stride)
     return ids[::stride]
 
 
@@ -106,6 +110,7 @@ def load_precomp_split(root: Path, name: str, params: PrecompParams) -> Retrieva
                             "float image features [N, D] or [N, R, D] saved with numpy.save")
     caps_path = require_file(root / f"{name}_caps.txt", "UTF-8 captions, one per line")
     rows = load_float_array(ims_path, (2, 3))
+    require(len(rows) > 0, f"{ims_path} has no rows; save the image features of split {name!r}")
     stride = params.image_stride
     require(len(rows) % stride == 0, f"{ims_path} has {len(rows)} rows, not a multiple of "
                                      f"data.image_stride={stride}; fix image_stride")
