@@ -147,3 +147,51 @@ def test_labels_build_caches_once(tmp_path: Path, capsys) -> None:
     stamp = files[0].stat().st_mtime_ns
     assert run_cli(args, capsys)[0] == 0
     assert files[0].stat().st_mtime_ns == stamp  # reused, not rebuilt
+
+
+@pytest.mark.parametrize(("extra", "pattern"), [
+    (["--nproc", "3", "--set", "train.device=cpu"],
+     "train.batch_size 32 is the global batch and must be divisible by --nproc 3"),
+    (["--nproc", "2", "--set", "train.device=cuda"], "one GPU per process"),
+])
+def test_nproc_errors_before_starting_torchrun(tmp_path: Path, monkeypatch, capsys, extra,
+                                               pattern) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 1)
+    monkeypatch.setattr("subprocess.Popen", None)  # nothing may be started
+    args = ["train", "demo", "--run-dir", "run", *[f"--set={s}" for s in TINY], *extra]
+    code, _, err = run_cli(args, capsys)
+    assert_one_line_error(code, err, pattern)
+
+
+def test_nproc_on_an_existing_run_dir_is_one_error(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text("")
+    monkeypatch.setattr("subprocess.Popen", None)
+    code, _, err = run_cli(["train", "demo", "--run-dir", "run", "--nproc", "2"], capsys)
+    assert_one_line_error(code, err, "already holds a run")
+
+
+def test_nproc_starts_torchrun_with_the_same_run(tmp_path: Path, monkeypatch, capsys) -> None:
+    """The launcher's command line: torchrun on this machine, the worker arguments."""
+    started = []
+
+    class FakeProcess:
+        def __init__(self, command: list[str]) -> None:
+            started.append(command)
+
+        def wait(self) -> int:
+            return 0
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("subprocess.Popen", FakeProcess)
+    code = main(["train", "demo", "--run-dir", "run", "--set", "train.epochs=1", "--nproc", "4",
+                 "--no-progress"])
+    assert code == 0
+    assert started == [[sys.executable, "-m", "torch.distributed.run", "--standalone",
+                        "--nproc-per-node=4", "-m", "vsekit", "train", "demo", "--run-dir",
+                        "run", "--set", "train.epochs=1", "--no-progress"]]
+    assert main(["train", "--resume", "old", "--nproc", "2"]) == 2  # no such run: checked first
+    assert len(started) == 1

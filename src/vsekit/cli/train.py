@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -11,10 +15,13 @@ from vsekit.errors import VsekitError
 
 
 def _train(args: argparse.Namespace) -> int:
+    import torch
+
+    from vsekit import distributed
     from vsekit.config import load_config
     from vsekit.eval.table import format_metrics
-    from vsekit.train.run_dir import load_run_config
-    from vsekit.train.trainer import train
+    from vsekit.train.run_dir import check_new_run_dir, load_run_config
+    from vsekit.train.trainer import resolve_device, train
 
     if args.resume:
         run_dir = Path(args.resume)
@@ -28,7 +35,25 @@ def _train(args: argparse.Namespace) -> int:
                               "name such as demo) or --resume RUN_DIR")
         config = load_config(recipe_path(args.config), args.set)
         run_dir = Path(args.run_dir or config.run_dir)
+    nproc = args.nproc or 1
+    if distributed.launched_by_torchrun():
+        if args.nproc and args.nproc != int(os.environ["WORLD_SIZE"]):
+            raise VsekitError("--nproc starts torchrun itself; under torchrun set the number of "
+                              "processes with torchrun's --nnodes and --nproc-per-node instead")
+    elif nproc > 1:
+        gpus = torch.cuda.device_count()
+        if resolve_device(config.train.device).type == "cuda" and nproc > gpus:
+            raise VsekitError(f"--nproc {nproc} needs one GPU per process but this machine has "
+                              f"{gpus}; lower --nproc or set train.device=cpu")
+        if config.train.batch_size % nproc:
+            raise VsekitError(f"train.batch_size {config.train.batch_size} is the global batch "
+                              f"and must be divisible by --nproc {nproc}; change one of them")
+        if not args.resume:
+            check_new_run_dir(run_dir)  # once here, not as N errors from the workers
+        return _launch_torchrun(nproc, _worker_arguments(args, run_dir))
     result = train(config, run_dir, resume=bool(args.resume), progress=not args.no_progress)
+    if distributed.launch_rank() != 0:
+        return 0
     if "metrics" in result:
         best = (f", best dev epoch {result['best_epoch'] + 1}" if result["best_epoch"] >= 0
                 else " (no dev split: last weights)")
@@ -37,12 +62,43 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker_arguments(args: argparse.Namespace, run_dir: Path) -> list[str]:
+    """``vsekit train`` arguments of each torchrun worker (the same run, without --nproc)."""
+    if args.resume:
+        forwarded = ["--resume", str(args.resume)]
+    else:
+        forwarded = [args.config, "--run-dir", str(run_dir)]
+        for item in args.set:
+            forwarded += ["--set", item]
+    return ["train", *forwarded, *(["--no-progress"] if args.no_progress else [])]
+
+
+def _launch_torchrun(nproc: int, arguments: list[str]) -> int:
+    """Run ``torchrun --standalone --nproc-per-node=N -m vsekit ARGUMENTS`` on this machine and
+    return its exit code.
+
+    Ctrl-C reaches torchrun directly (it forwards it to the workers, which checkpoint and
+    stop), so this process ignores it meanwhile; a SIGTERM sent here is passed on.
+    """
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={nproc}", "-m", "vsekit", *arguments]
+    process = subprocess.Popen(command)
+    previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
+                signal.SIGTERM: signal.signal(signal.SIGTERM,
+                                              lambda signum, _: process.send_signal(signum))}
+    try:
+        return process.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def _demo(args: argparse.Namespace) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_dir = args.run_dir or f"runs/demo-{stamp}"
     overrides = [f"run_dir={run_dir}", *args.set]
     ns = argparse.Namespace(config="demo", set=overrides, run_dir=run_dir, resume=None,
-                            no_progress=args.no_progress)
+                            no_progress=args.no_progress, nproc=None)
     return _train(ns)
 
 
@@ -54,6 +110,16 @@ def _recipes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of processes, got {text!r}")
+    return value
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the train, demo and recipes sub-commands."""
     p = sub.add_parser("train", help="train a model from a YAML recipe")
@@ -63,6 +129,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-dir", help="where to write the run (default: the config's run_dir)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--nproc", type=_positive_int, metavar="N",
+                   help="train on N processes on this machine (starts torchrun; one GPU each "
+                        "on a GPU machine, else CPU with gloo); train.batch_size stays the "
+                        "global batch. On a cluster run torchrun yourself: torchrun --nnodes "
+                        "... --nproc-per-node ... -m vsekit train CONFIG")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("demo", help="train + evaluate on the built-in synthetic dataset")
