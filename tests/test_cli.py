@@ -159,7 +159,7 @@ def test_nproc_errors_before_starting_torchrun(tmp_path: Path, monkeypatch, caps
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)
     monkeypatch.setattr("torch.cuda.device_count", lambda: 1)
-    monkeypatch.setattr("subprocess.Popen", None)  # nothing may be started
+    monkeypatch.setattr("torch.distributed.run.run", None)  # nothing may be started
     args = ["train", "demo", "--run-dir", "run", *[f"--set={s}" for s in TINY], *extra]
     code, _, err = run_cli(args, capsys)
     assert_one_line_error(code, err, pattern)
@@ -169,29 +169,44 @@ def test_nproc_on_an_existing_run_dir_is_one_error(tmp_path: Path, monkeypatch, 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "metrics.jsonl").write_text("")
-    monkeypatch.setattr("subprocess.Popen", None)
+    monkeypatch.setattr("torch.distributed.run.run", None)
     code, _, err = run_cli(["train", "demo", "--run-dir", "run", "--nproc", "2"], capsys)
     assert_one_line_error(code, err, "already holds a run")
 
 
-def test_nproc_starts_torchrun_with_the_same_run(tmp_path: Path, monkeypatch, capsys) -> None:
-    """The launcher's command line: torchrun on this machine, the worker arguments."""
+def test_nproc_runs_torchrun_with_the_same_run(tmp_path: Path, monkeypatch, capsys) -> None:
+    """This process becomes torchrun's agent, with the worker arguments."""
+    from torch.distributed import run as torchrun
+
     started = []
-
-    class FakeProcess:
-        def __init__(self, command: list[str]) -> None:
-            started.append(command)
-
-        def wait(self) -> int:
-            return 0
-
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("subprocess.Popen", FakeProcess)
+    monkeypatch.setattr(torchrun, "run", started.append)
     code = main(["train", "demo", "--run-dir", "run", "--set", "train.epochs=1", "--nproc", "4",
                  "--no-progress"])
-    assert code == 0
-    assert started == [[sys.executable, "-m", "torch.distributed.run", "--standalone",
-                        "--nproc-per-node=4", "-m", "vsekit", "train", "demo", "--run-dir",
-                        "run", "--set", "train.epochs=1", "--no-progress"]]
+    assert code == 0 and len(started) == 1
+    args = started[0]
+    assert (args.standalone, args.nproc_per_node, args.module, args.training_script) == (
+        True, "4", True, "vsekit")
+    assert args.training_script_args == ["train", "demo", "--run-dir", "run", "--set",
+                                         "train.epochs=1", "--no-progress"]
     assert main(["train", "--resume", "old", "--nproc", "2"]) == 2  # no such run: checked first
     assert len(started) == 1
+
+
+@pytest.mark.parametrize(("codes", "expected"), [([2, 2], 2), ([130], 130), ([1, 2], None)])
+def test_nproc_worker_failures_become_exit_codes(tmp_path: Path, monkeypatch, capsys, codes,
+                                                 expected) -> None:
+    from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    def failing(args) -> None:
+        raise ChildFailedError("vsekit", {rank: ProcessFailure(rank, 100 + rank, code, "")
+                                          for rank, code in enumerate(codes)})
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(torchrun, "run", failing)
+    code, _, err = run_cli(["train", "demo", "--run-dir", "run", "--nproc", "2"], capsys)
+    if expected is None:
+        assert_one_line_error(code, err, "2 of 2 worker processes failed (exit codes 1, 2)")
+    else:
+        assert code == expected and err == ""

@@ -195,3 +195,26 @@ def test_resume_on_another_number_of_processes_is_a_clear_error(tmp_path: Path) 
     ckpt.save_checkpoint(state, path)
     with pytest.raises(VsekitError, match="trained on 2 process.* resumed on 1.*--nproc 2"):
         Trainer(config_from_dict(tiny_config()), tmp_path / "run", resume=True)
+
+
+def test_sigterm_checkpoints_and_stops_even_when_repeated(tmp_path: Path) -> None:
+    """What torchrun forwards and a scheduler sends before preempting: a graceful stop."""
+    import signal
+
+    trainer = Trainer(config_from_dict(tiny_config()), tmp_path / "run")
+    real_step = trainer.train_step
+
+    def step_then_terminate(batch, epoch):
+        out = real_step(batch, epoch)
+        if trainer.state.step == 1:
+            signal.raise_signal(signal.SIGTERM)
+            signal.raise_signal(signal.SIGTERM)  # e.g. from the launcher and the scheduler
+        return out
+
+    trainer.train_step = step_then_terminate
+    previous = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt, match="--resume"):
+        trainer.fit()
+    path, state = ckpt.latest_good_checkpoint(tmp_path / "run" / "checkpoints")
+    assert path.name == "step-2.pt" and state["progress"]["batch"] == 2
+    assert signal.getsignal(signal.SIGTERM) is previous

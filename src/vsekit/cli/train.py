@@ -3,25 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vsekit.cli.common import RECIPES, recipe_path
 from vsekit.errors import VsekitError
 
+if TYPE_CHECKING:
+    from vsekit.config import Config
+
+INTERRUPTED = 130  # exit code after Ctrl-C (the workers saved a checkpoint)
+
 
 def _train(args: argparse.Namespace) -> int:
-    import torch
-
     from vsekit import distributed
     from vsekit.config import load_config
     from vsekit.eval.table import format_metrics
-    from vsekit.train.run_dir import check_new_run_dir, load_run_config
-    from vsekit.train.trainer import resolve_device, train
+    from vsekit.train.run_dir import load_run_config
+    from vsekit.train.trainer import train
 
     if args.resume:
         run_dir = Path(args.resume)
@@ -35,21 +37,13 @@ def _train(args: argparse.Namespace) -> int:
                               "name such as demo) or --resume RUN_DIR")
         config = load_config(recipe_path(args.config), args.set)
         run_dir = Path(args.run_dir or config.run_dir)
-    nproc = args.nproc or 1
+    nproc = getattr(args, "nproc", None)  # (callers building a Namespace may omit it)
     if distributed.launched_by_torchrun():
-        if args.nproc and args.nproc != int(os.environ["WORLD_SIZE"]):
+        if nproc and nproc != int(os.environ["WORLD_SIZE"]):
             raise VsekitError("--nproc starts torchrun itself; under torchrun set the number of "
                               "processes with torchrun's --nnodes and --nproc-per-node instead")
-    elif nproc > 1:
-        gpus = torch.cuda.device_count()
-        if resolve_device(config.train.device).type == "cuda" and nproc > gpus:
-            raise VsekitError(f"--nproc {nproc} needs one GPU per process but this machine has "
-                              f"{gpus}; lower --nproc or set train.device=cpu")
-        if config.train.batch_size % nproc:
-            raise VsekitError(f"train.batch_size {config.train.batch_size} is the global batch "
-                              f"and must be divisible by --nproc {nproc}; change one of them")
-        if not args.resume:
-            check_new_run_dir(run_dir)  # once here, not as N errors from the workers
+    elif nproc and nproc > 1:
+        _check_launch(config, run_dir, nproc, resume=bool(args.resume))
         return _launch_torchrun(nproc, _worker_arguments(args, run_dir))
     result = train(config, run_dir, resume=bool(args.resume), progress=not args.no_progress)
     if distributed.launch_rank() != 0:
@@ -60,6 +54,24 @@ def _train(args: argparse.Namespace) -> int:
         print(format_metrics(result["metrics"], f"{result['split']} split{best}"))
     print(f"run directory: {run_dir}")
     return 0
+
+
+def _check_launch(config: Config, run_dir: Path, nproc: int, resume: bool) -> None:
+    """What would fail in every worker, checked once before torchrun starts them."""
+    import torch
+
+    from vsekit.train.run_dir import check_new_run_dir
+    from vsekit.train.trainer import resolve_device
+
+    gpus = torch.cuda.device_count()
+    if resolve_device(config.train.device).type == "cuda" and nproc > gpus:
+        raise VsekitError(f"--nproc {nproc} needs one GPU per process but this machine has "
+                          f"{gpus}; lower --nproc or set train.device=cpu")
+    if config.train.batch_size % nproc:
+        raise VsekitError(f"train.batch_size {config.train.batch_size} is the global batch "
+                          f"and must be divisible by --nproc {nproc}; change one of them")
+    if not resume:
+        check_new_run_dir(run_dir)
 
 
 def _worker_arguments(args: argparse.Namespace, run_dir: Path) -> list[str]:
@@ -74,23 +86,31 @@ def _worker_arguments(args: argparse.Namespace, run_dir: Path) -> list[str]:
 
 
 def _launch_torchrun(nproc: int, arguments: list[str]) -> int:
-    """Run ``torchrun --standalone --nproc-per-node=N -m vsekit ARGUMENTS`` on this machine and
-    return its exit code.
-
-    Ctrl-C reaches torchrun directly (it forwards it to the workers, which checkpoint and
-    stop), so this process ignores it meanwhile; a SIGTERM sent here is passed on.
+    """``torchrun --standalone --nproc-per-node=N -m vsekit ARGUMENTS``, with this process as
+    torchrun's agent (``torch.distributed.run``, the code of the ``torchrun`` command): it
+    starts the workers, forwards Ctrl-C and SIGTERM to them (they checkpoint and stop) and
+    waits. Returns the exit code: 0, 2 when the workers stopped on a user error (each
+    printed it), 130 when interrupted; other worker failures raise a one-line error.
     """
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc-per-node={nproc}", "-m", "vsekit", *arguments]
-    process = subprocess.Popen(command)
-    previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
-                signal.SIGTERM: signal.signal(signal.SIGTERM,
-                                              lambda signum, _: process.send_signal(signum))}
+    from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    args = torchrun.get_args_parser().parse_args(
+        ["--standalone", f"--nproc-per-node={nproc}", "-m", "vsekit", *arguments])
+    # each worker prints its own error; the agent would repeat it as a log line + traceback
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     try:
-        return process.wait()
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        torchrun.run(args)
+    except SignalException:
+        return INTERRUPTED
+    except ChildFailedError as exc:
+        codes = sorted({failure.exitcode for failure in exc.failures.values()})
+        if codes in ([VsekitError.exit_code], [INTERRUPTED]):
+            return codes[0]  # the workers printed their one-line messages
+        raise VsekitError(f"{len(exc.failures)} of {nproc} worker processes failed (exit codes "
+                          f"{', '.join(map(str, codes))}); their output above says why") from None
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -98,7 +118,7 @@ def _demo(args: argparse.Namespace) -> int:
     run_dir = args.run_dir or f"runs/demo-{stamp}"
     overrides = [f"run_dir={run_dir}", *args.set]
     ns = argparse.Namespace(config="demo", set=overrides, run_dir=run_dir, resume=None,
-                            no_progress=args.no_progress, nproc=None)
+                            no_progress=args.no_progress)
     return _train(ns)
 
 

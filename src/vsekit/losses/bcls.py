@@ -181,7 +181,8 @@ def _lower_count(sorted_labels: torch.Tensor, label_gap: float) -> torch.Tensor:
     Gap 0: the start of r's tie group (a cumulative max, O(N) per row). Gap > 0: binary
     search for y_r − gap, with the rounding of the reference predicate (O(N log N)).
     """
-    if label_gap:
+    if label_gap:  # (rows of transposed labels sort into strided tensors)
+        sorted_labels = sorted_labels.contiguous()
         return torch.searchsorted(sorted_labels, sorted_labels - label_gap)
     n = sorted_labels.shape[1]
     previous = torch.nn.functional.pad(sorted_labels, (1, 0), value=float("nan"))[:, :-1]

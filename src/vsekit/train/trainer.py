@@ -308,9 +308,10 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train until done (resuming where the state says), then evaluate the best model.
 
-        Ctrl-C (SIGINT) or SIGTERM (what torchrun forwards, and schedulers send before they
-        preempt a job) lets the current step finish, saves a checkpoint and raises
-        KeyboardInterrupt, so ``--resume`` loses nothing; a second signal stops at once.
+        Ctrl-C (SIGINT) or SIGTERM (torchrun forwards either to its workers; schedulers send
+        SIGTERM before they preempt a job) lets the current step finish, saves a checkpoint
+        and raises KeyboardInterrupt, so ``--resume`` loses nothing; a second Ctrl-C stops at
+        once.
         """
         self._clock = time.perf_counter()
         previous = {}
@@ -327,12 +328,14 @@ class Trainer:
     def _stop(self) -> None:
         path = self.save()
         self.logger.close()
+        nproc = f" --nproc {self.world}" if self.world > 1 else ""
         raise KeyboardInterrupt(f"checkpoint {path} saved at step {self.state.step}; continue "
-                                f"with: vsekit train --resume {self.run_dir}")
+                                f"with: vsekit train --resume {self.run_dir}{nproc}")
 
     def _request_stop(self, signum: int, frame: Any) -> None:
-        """First signal: finish the current step, checkpoint, stop. Second: stop at once."""
-        if self.stop_requested:
+        """A signal: finish the current step, checkpoint, stop. A second Ctrl-C: stop at once
+        (a repeated SIGTERM, which a scheduler may send to every process, does not)."""
+        if self.stop_requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.stop_requested = True
 
