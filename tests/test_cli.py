@@ -147,3 +147,66 @@ def test_labels_build_caches_once(tmp_path: Path, capsys) -> None:
     stamp = files[0].stat().st_mtime_ns
     assert run_cli(args, capsys)[0] == 0
     assert files[0].stat().st_mtime_ns == stamp  # reused, not rebuilt
+
+
+@pytest.mark.parametrize(("extra", "pattern"), [
+    (["--nproc", "3", "--set", "train.device=cpu"],
+     "train.batch_size 32 is the global batch and must be divisible by --nproc 3"),
+    (["--nproc", "2", "--set", "train.device=cuda"], "one GPU per process"),
+])
+def test_nproc_errors_before_starting_torchrun(tmp_path: Path, monkeypatch, capsys, extra,
+                                               pattern) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 1)
+    monkeypatch.setattr("torch.distributed.run.run", None)  # nothing may be started
+    args = ["train", "demo", "--run-dir", "run", *[f"--set={s}" for s in TINY], *extra]
+    code, _, err = run_cli(args, capsys)
+    assert_one_line_error(code, err, pattern)
+
+
+def test_nproc_on_an_existing_run_dir_is_one_error(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text("")
+    monkeypatch.setattr("torch.distributed.run.run", None)
+    code, _, err = run_cli(["train", "demo", "--run-dir", "run", "--nproc", "2"], capsys)
+    assert_one_line_error(code, err, "already holds a run")
+
+
+def test_nproc_runs_torchrun_with_the_same_run(tmp_path: Path, monkeypatch, capsys) -> None:
+    """This process becomes torchrun's agent, with the worker arguments."""
+    from torch.distributed import run as torchrun
+
+    started = []
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(torchrun, "run", started.append)
+    code = main(["train", "demo", "--run-dir", "run", "--set", "train.epochs=1", "--nproc", "4",
+                 "--no-progress"])
+    assert code == 0 and len(started) == 1
+    args = started[0]
+    assert (args.standalone, args.nproc_per_node, args.module, args.training_script) == (
+        True, "4", True, "vsekit")
+    assert args.training_script_args == ["train", "demo", "--run-dir", "run", "--set",
+                                         "train.epochs=1", "--no-progress"]
+    assert main(["train", "--resume", "old", "--nproc", "2"]) == 2  # no such run: checked first
+    assert len(started) == 1
+
+
+@pytest.mark.parametrize(("codes", "expected"), [([2, 2], 2), ([130], 130), ([1, 2], None)])
+def test_nproc_worker_failures_become_exit_codes(tmp_path: Path, monkeypatch, capsys, codes,
+                                                 expected) -> None:
+    from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    def failing(args) -> None:
+        raise ChildFailedError("vsekit", {rank: ProcessFailure(rank, 100 + rank, code, "")
+                                          for rank, code in enumerate(codes)})
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(torchrun, "run", failing)
+    code, _, err = run_cli(["train", "demo", "--run-dir", "run", "--nproc", "2"], capsys)
+    if expected is None:
+        assert_one_line_error(code, err, "2 of 2 worker processes failed (exit codes 1, 2)")
+    else:
+        assert code == expected and err == ""

@@ -15,6 +15,7 @@ from torch import nn
 
 from vsekit.config import Config, ModelConfig
 from vsekit.data.dataset import Batch
+from vsekit.distributed import Shard
 from vsekit.errors import VsekitError
 from vsekit.losses.base import LOSSES
 from vsekit.losses.fne import (
@@ -396,6 +397,32 @@ def test_draws_are_deterministic_per_step_and_differ_between_steps() -> None:
     assert step_generator(1, 2, torch.device("cpu"), cached) is cached
 
 
+def test_sharded_draws_are_the_rows_of_one_global_draw() -> None:
+    """Each DDP rank draws the global batch's uniforms and keeps its rows: the same negatives
+    as one process."""
+    weights = torch.rand(8, 30, generator=torch.Generator().manual_seed(4))
+    weights[weights < 0.5] = 0
+    cpu = torch.device("cpu")
+    whole = draw_one_per_row(weights, step_generator(7, 3, cpu))
+    parts = [draw_one_per_row(weights[r * 4:(r + 1) * 4], step_generator(7, 3, cpu),
+                              Shard(r * 4, 4, 8)) for r in range(2)]
+    assert torch.equal(torch.cat(parts), whole)
+    assert bool((weights.gather(1, whole[:, None]) > 0).all())
+
+
+def test_step_generator_seeds_other_ranks_apart() -> None:
+    """The multinomial sampler's per-rank streams: rank 0 is the one-process stream."""
+    cpu = torch.device("cpu")
+
+    def draws(**kwargs: int) -> torch.Tensor:
+        return torch.rand(5, generator=step_generator(7, 3, cpu, **kwargs))
+
+    assert torch.equal(draws(), draws(rank=0))
+    assert torch.equal(draws(rank=1), draws(rank=1))
+    assert not torch.equal(draws(rank=1), draws()) and not torch.equal(draws(rank=1),
+                                                                       draws(rank=2))
+
+
 def test_draws_at_the_top_of_the_cdf_stay_on_positive_weights(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Even a uniform of exactly 1 (beyond torch.rand's range) lands on a positive weight."""
@@ -572,7 +599,8 @@ def bound_loss(model: nn.Module, **params: object) -> FNELoss:
 
 def run_steps(model: ToyVSE, loss: FNELoss, data: ToyData, steps: range, steps_per_epoch: int,
               optimizer: torch.optim.Optimizer) -> list[float]:
-    """The trainer's protocol: on_epoch_start, forward, loss(..., context), backward, step."""
+    """The trainer's protocol: on_epoch_start, forward, loss(..., context), backward, step,
+    commit."""
     losses = []
     for step in steps:
         epoch = step // steps_per_epoch
@@ -584,6 +612,7 @@ def run_steps(model: ToyVSE, loss: FNELoss, data: ToyData, steps: range, steps_p
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         optimizer.step()
+        loss.commit_step()
         losses.append(float(out.loss.detach()))
     return losses
 
@@ -632,9 +661,6 @@ def test_warmup_is_inbatch_vsepp_with_momentum_update_and_no_state(id_mask: bool
     model, data = ToyVSE(), ToyData()
     loss = bound_loss(model, queue_size=12, warmup_id_mask=id_mask, momentum=0.9)
     queue_before = {k: v.clone() for k, v in loss.queue.state_dict().items()}
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.5)  # the online model moved: the momentum copy must follow
     copy_before = [p.clone() for p in loss.momentum_model.parameters()]
     batch = data.batch(3)
     batch.image_ids[1] = batch.image_ids[0]  # a second caption of one image
@@ -642,6 +668,10 @@ def test_warmup_is_inbatch_vsepp_with_momentum_update_and_no_state(id_mask: bool
     out = loss(img, txt, batch.image_ids, epoch=0, step=0, batch=batch, model=model)
     expected = vsepp_loss(img @ txt.T, exclusion_mask(batch.image_ids, id_mask), 0.2, "mean")
     torch.testing.assert_close(out.loss, expected)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5)  # the optimiser step moved the online model: the copy must follow
+    loss.commit_step()
     for k, v in loss.queue.state_dict().items():
         assert torch.equal(v, queue_before[k])
     assert float(loss.stats.moments.abs().sum()) == 0
@@ -654,27 +684,34 @@ def test_warmup_is_inbatch_vsepp_with_momentum_update_and_no_state(id_mask: bool
 def test_step_order_momentum_update_then_features_then_loss_then_enqueue() -> None:
     model, data = ToyVSE(), ToyData()
     loss = bound_loss(model, queue_size=12, warmup_epochs=0, momentum=0.8)
+    model.eval()  # no dropout, so features can be recomputed exactly
+    # 1. a committed step updates the copy towards the online model after its optimiser step
+    #    (the update the reference makes at the start of the next step) ...
+    first = data.batch(5)
+    img, txt = model(first)
+    loss(img, txt, first.image_ids, epoch=0, step=0, batch=first, model=model)
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(1.5)
     copy_before = [p.clone() for p in loss.momentum_model.parameters()]
-    queue_before = {k: v.clone() for k, v in loss.queue.state_dict().items()}
-    model.eval()  # no dropout, so features can be recomputed exactly
-    batch = data.batch(0)
-    img, txt = model(batch)
-    out = loss(img, txt, batch.image_ids, epoch=0, step=0, batch=batch, model=model)
-    # 1. the copy was updated ...
+    loss.commit_step()
     for old, new, online in zip(copy_before, loss.momentum_model.parameters(),
                                 model.parameters(), strict=True):
         torch.testing.assert_close(new, 0.8 * old + 0.2 * online.detach())
+    queue_before = {k: v.clone() for k, v in loss.queue.state_dict().items()}
+    batch = data.batch(0)
+    img, txt = model(batch)
+    out = loss(img, txt, batch.image_ids, epoch=0, step=1, batch=batch, model=model)
     assert not loss.momentum_model.training  # follows the online model's mode
-    # 2. ... before the momentum features (they are what got enqueued) ...
+    # 2. ... before the next step's momentum features (they are what gets enqueued) ...
     with torch.no_grad():
         img_m, txt_m = loss.momentum_model(batch)
-    torch.testing.assert_close(loss.queue.image[:8], img_m)
-    torch.testing.assert_close(loss.queue.text[:8], txt_m)
-    assert loss.queue.ids[:8].tolist() == batch.image_ids.tolist()
-    assert int(loss.queue.ptr) == 8
+    loss.commit_step()
+    torch.testing.assert_close(loss.queue.image[8:], img_m[:4])
+    torch.testing.assert_close(loss.queue.image[:4], img_m[4:])
+    torch.testing.assert_close(loss.queue.text[8:], txt_m[:4])
+    assert loss.queue.ids[8:].tolist() == batch.image_ids[:4].tolist()
+    assert int(loss.queue.ptr) == 4
     # 3. ... and the loss used the queue as it was before this batch's write.
     cap_pool = torch.cat([txt_m, queue_before["text"]])
     img_pool = torch.cat([img_m, queue_before["image"]])
@@ -694,7 +731,7 @@ def test_step_order_momentum_update_then_features_then_loss_then_enqueue() -> No
                        pool_caption[loss.last_picks["i2t"].index])
 
 
-def test_a_step_makes_no_host_sync(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_step_and_its_commit_make_no_host_sync(monkeypatch: pytest.MonkeyPatch) -> None:
     model, data = ToyVSE(), ToyData()
     loss = bound_loss(model, queue_size=5, warmup_epochs=1, min_count=0)
     for epoch, step in ((0, 0), (1, 1), (1, 2)):
@@ -710,8 +747,39 @@ def test_a_step_makes_no_host_sync(monkeypatch: pytest.MonkeyPatch) -> None:
                 patch.setattr(torch.Tensor, name, forbidden)
             out = loss(img, txt, batch.image_ids, epoch=epoch, step=step, batch=batch,
                        model=model)
+            loss.commit_step()
         out.loss.backward()
     assert float(loss.stats.count) > 0
+
+
+def test_state_changes_only_when_the_step_is_committed() -> None:
+    """A step the trainer skips (no commit) leaves queue, statistics and momentum weights as
+    they were; committing the same step applies exactly what the call computed."""
+    data = ToyData()
+    model, loss, optimizer = fresh_run(warmup_epochs=0)
+    run_steps(model, loss, data, range(6), 6, optimizer)
+    assert float(loss.stats.count) > 0  # the toy model makes mutually top-1 pairs by now
+    before = {k: v.clone() for k, v in loss.state_dict().items()}
+    batch = data.batch(6)
+    img, txt = model(batch)
+    loss(img, txt, batch.image_ids, epoch=0, step=6, batch=batch, model=model)
+    for key, value in loss.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01)  # as an optimiser step would
+    expected = loss.stats.fork()
+    expected.update(inbatch_observations((img @ txt.T).detach()))
+    loss.commit_step()
+    assert torch.equal(loss.stats.moments, expected.moments)
+    assert float(loss.stats.count) > float(before["stats.moments"][0, 0])
+    assert int(loss.queue.ptr) == (int(before["queue.ptr"]) + 8) % loss.queue.size
+    for key in ("momentum_model.image_encoder.weight", "momentum_model.text_encoder.0.bias"):
+        assert not torch.equal(loss.state_dict()[key], before[key]), key
+    committed = {k: v.clone() for k, v in loss.state_dict().items()}
+    loss.commit_step()  # nothing pending: a no-op
+    for key, value in loss.state_dict().items():
+        assert torch.equal(value, committed[key]), key
 
 
 def test_resume_from_state_dict_continues_bit_identically() -> None:

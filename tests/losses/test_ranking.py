@@ -14,9 +14,11 @@ from vsekit.losses import LOSSES, InfoNCELoss, VSE0Loss, VSEPPLoss
 from vsekit.losses.ranking import (
     HingeParams,
     InfoNCEParams,
+    PairSims,
     VSEPPParams,
+    anchor_hinges,
     exclusion_mask,
-    hinge_costs,
+    pair_hinges,
     similarity_diagnostics,
     vse0_loss,
     vsepp_loss,
@@ -148,13 +150,29 @@ def test_hinge_costs_match_definition(integer_sims: bool) -> None:
         sims = torch.randint(-2, 3, (batch, batch), generator=gen).double() / 10
     mask = torch.rand(batch, batch, generator=gen) < 0.3
     mask |= torch.eye(batch, dtype=torch.bool)
-    cost_i2t, cost_t2i = hinge_costs(sims, mask, 0.2)
+    # both directions as anchor rows: caption anchor j's row holds column j of the matrix
+    cost_i2t, cost_t2i = pair_hinges(PairSims.from_matrix(sims), mask, 0.2)
     for i in range(batch):
         for j in range(batch):
             want_i2t = 0.0 if mask[i, j] else max(0.0, 0.2 + val(sims[i, j]) - val(sims[i, i]))
             want_t2i = 0.0 if mask[i, j] else max(0.0, 0.2 + val(sims[i, j]) - val(sims[j, j]))
             assert val(cost_i2t[i, j]) == pytest.approx(want_i2t, abs=1e-12)
-            assert val(cost_t2i[i, j]) == pytest.approx(want_t2i, abs=1e-12)
+            assert val(cost_t2i[j, i]) == pytest.approx(want_t2i, abs=1e-12)
+
+
+def test_anchor_hinges_use_the_given_positive_column() -> None:
+    """Rows of a rank's anchors against a wider candidate set (DDP): positives off-diagonal."""
+    gen = torch.Generator().manual_seed(2)
+    sims = torch.randn(3, 8, generator=gen, dtype=torch.float64)
+    positive = torch.tensor([4, 5, 6])
+    mask = torch.zeros(3, 8, dtype=torch.bool)
+    mask[torch.arange(3), positive] = True
+    mask[0, 1] = True
+    cost = anchor_hinges(sims, positive, mask, 0.3)
+    for i in range(3):
+        for j in range(8):
+            want = 0.0 if mask[i, j] else max(0.0, 0.3 + val(sims[i, j] - sims[i, positive[i]]))
+            assert val(cost[i, j]) == pytest.approx(want, abs=1e-12)
 
 
 def test_vsepp_on_tied_similarity_matrix() -> None:
@@ -300,10 +318,11 @@ def test_similarity_diagnostics_with_arbitrary_mask(seed) -> None:
         row = [val(sims[a, k]) for k in range(6) if not mask[a, k]]
         col = [val(sims[k, a]) for k in range(6) if not mask[k, a]]
         hardest += [max(c) for c in (row, col) if c]
-    got = similarity_diagnostics(sims, mask)
+    got = similarity_diagnostics(PairSims.from_matrix(sims), mask)
     assert val(got["hard_neg_sim"]) == pytest.approx(sum(hardest) / len(hardest), rel=1e-12)
     assert val(got["pos_sim"]) == pytest.approx(sum(val(sims[a, a]) for a in range(6)) / 6)
-    everything = similarity_diagnostics(sims, torch.ones(6, 6, dtype=torch.bool))
+    everything = similarity_diagnostics(PairSims.from_matrix(sims),
+                                        torch.ones(6, 6, dtype=torch.bool))
     assert val(everything["hard_neg_sim"]) == 0.0
 
 

@@ -112,6 +112,32 @@ def test_mutual_top1_and_hardest_match_loops(seed: int) -> None:
     assert cols.tolist() == ref_cols
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_anchor_rows_give_one_process_observations(seed: int) -> None:
+    """Under DDP a rank passes its anchors' rows against all candidates and their positive
+    columns; each rank's observations are its slice of the one-process ones (loop-checked)."""
+    a = correlated_batch(seed, batch=8)
+    qualifies = loop_mutual_top1(a.tolist())
+    rows, cols = loop_hardest_zero_diag(a.tolist())
+    for own in (range(0, 4), range(4, 8), range(2, 5)):
+        index = torch.tensor(list(own))
+        obs = inbatch_observations(a[index], a.T[index], index)
+        assert obs.pos.tolist() == [float(a[i, i]) for i in own]
+        assert obs.pos_valid.tolist() == [qualifies[i] for i in own]
+        assert obs.neg.tolist() == [rows[i] for i in own] + [cols[i] for i in own]
+        assert mutual_top1(a[index], a.T[index], index).tolist() == [qualifies[i] for i in own]
+
+
+def test_fork_is_an_independent_copy() -> None:
+    stats = SimilarityStats(exact_variance=True)
+    stats.update(inbatch_observations(correlated_batch(1, batch=6)))
+    fork = stats.fork()
+    assert torch.equal(fork.moments, stats.moments) and fork.exact_variance
+    before = stats.moments.clone()
+    fork.update(inbatch_observations(correlated_batch(2, batch=6)))
+    assert torch.equal(stats.moments, before) and not torch.equal(fork.moments, before)
+
+
 def test_mutual_top1_ties_go_to_the_lowest_index() -> None:
     a = torch.tensor([[0.5, 0.5, 0.1],
                       [0.5, 0.5, 0.1],

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from vsekit.config import config_from_dict
+from vsekit.data.loader import train_loader
 from vsekit.errors import VsekitError
 from vsekit.train import checkpoint as ckpt
 from vsekit.train.trainer import Trainer
@@ -145,3 +146,75 @@ def test_ctrl_c_checkpoints_and_resume_finishes(tmp_path: Path) -> None:
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     result = Trainer(config_from_dict(tiny_config()), tmp_path / "run", resume=True).fit()
     assert result["steps"] == 14
+
+
+def test_skipped_nonfinite_step_leaves_fne_state_untouched(tmp_path: Path, monkeypatch) -> None:
+    """Queue, statistics and momentum weights change only with steps the trainer applies
+    (tests/losses/test_fne.py checks the statistics with pairs that qualify; at this random
+    init none does)."""
+    raw = tiny_config()
+    raw["loss"] = {"name": "fne", "queue_size": 40, "warmup_epochs": 0, "min_count": 2}
+    trainer = Trainer(config_from_dict(raw), tmp_path / "run")
+    loss = trainer.loss_fn
+    batches = iter(train_loader(trainer.train_split, trainer.model, batch_size=32, seed=1,
+                                epoch=0))
+    loss.on_epoch_start(0)
+
+    def snapshot() -> dict[str, torch.Tensor]:
+        return {k: v.clone() for k, v in loss.state_dict().items()
+                if isinstance(v, torch.Tensor)}  # (the text encoder's vocabulary is a dict)
+
+    trainer.train_step(next(batches), 0)
+    before = snapshot()
+    assert int(loss.queue.ptr) == 32
+    real = loss.forward
+
+    def nan_loss(*args, **kwargs):
+        out = real(*args, **kwargs)
+        out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(loss, "forward", nan_loss)
+    trainer.train_step(next(batches), 0)
+    assert trainer.nonfinite_in_a_row == 1
+    for key, value in snapshot().items():
+        assert torch.equal(value, before[key]), key  # nothing of the skipped step was kept
+    monkeypatch.undo()
+    trainer.train_step(next(batches), 0)
+    after = snapshot()
+    assert trainer.nonfinite_in_a_row == 0 and int(loss.queue.ptr) == (64 % 40)
+    assert not torch.equal(after["momentum_model.image_encoder.fc.weight"],
+                           before["momentum_model.image_encoder.fc.weight"])
+
+
+def test_resume_on_another_number_of_processes_is_a_clear_error(tmp_path: Path) -> None:
+    Trainer(config_from_dict(tiny_config(max_steps=2)), tmp_path / "run").fit()
+    path, state = ckpt.latest_good_checkpoint(tmp_path / "run" / "checkpoints")
+    assert state["progress"]["world_size"] == 1 and "rng_ranks" not in state
+    state["progress"]["world_size"] = 2
+    ckpt.save_checkpoint(state, path)
+    with pytest.raises(VsekitError, match="trained on 2 process.* resumed on 1.*--nproc 2"):
+        Trainer(config_from_dict(tiny_config()), tmp_path / "run", resume=True)
+
+
+def test_sigterm_checkpoints_and_stops_even_when_repeated(tmp_path: Path) -> None:
+    """What torchrun forwards and a scheduler sends before preempting: a graceful stop."""
+    import signal
+
+    trainer = Trainer(config_from_dict(tiny_config()), tmp_path / "run")
+    real_step = trainer.train_step
+
+    def step_then_terminate(batch, epoch):
+        out = real_step(batch, epoch)
+        if trainer.state.step == 1:
+            signal.raise_signal(signal.SIGTERM)
+            signal.raise_signal(signal.SIGTERM)  # e.g. from the launcher and the scheduler
+        return out
+
+    trainer.train_step = step_then_terminate
+    previous = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt, match="--resume"):
+        trainer.fit()
+    path, state = ckpt.latest_good_checkpoint(tmp_path / "run" / "checkpoints")
+    assert path.name == "step-2.pt" and state["progress"]["batch"] == 2
+    assert signal.getsignal(signal.SIGTERM) is previous

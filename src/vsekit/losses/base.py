@@ -7,10 +7,22 @@ A loss is an ``nn.Module`` called as ``loss(image_emb, text_emb, image_ids, **co
 - ``image_ids`` int64 [B]: image identity of each pair; pairs sharing an id are never
   negatives of each other (several captions of one image in a batch);
 - ``context``: optional extras for losses that need them (``epoch``, ``step``, batch inputs
-  for momentum encoders, continuous labels...). Losses ignore what they do not use.
+  for momentum encoders, continuous labels, ``pairs``: the batch's
+  :class:`vsekit.losses.ranking.PairSims` when a wrapping loss already built them...). Losses
+  ignore what they do not use.
 
 It returns :class:`LossOutput`: a scalar ``loss`` and a dict of detached diagnostic
 tensors (no host sync: the trainer reads them lazily).
+
+Optional hooks the trainer calls when a loss has them: ``bind(model=, train_split=,
+config=)`` once, ``on_epoch_start(epoch)``, and ``commit_step()`` after each step it applied
+(a stateful loss changes its state there, never in the call itself, so a skipped step
+leaves it untouched).
+
+Under DDP (:mod:`vsekit.distributed`) a loss sees the embeddings of this rank's B/W pairs,
+compares them with the candidates of the whole global batch and returns this rank's share
+of the global loss: the average of the ranks' values, and DDP's averaged gradient, equal
+those of one process with the global batch.
 """
 
 from __future__ import annotations

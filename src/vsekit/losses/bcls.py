@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from vsekit import distributed
 from vsekit.errors import VsekitError, require
 from vsekit.labels.continuous import (
     caption_table,
@@ -39,8 +40,13 @@ from vsekit.labels.continuous import (
     load_cache,
     load_or_build_cache,
 )
-from vsekit.losses.base import LOSSES, LossOutput, same_image_mask
-from vsekit.losses.ranking import batch_similarities, similarity_diagnostics
+from vsekit.losses.base import LOSSES, LossOutput
+from vsekit.losses.ranking import (
+    PairSims,
+    context_pairs,
+    pair_similarities,
+    similarity_diagnostics,
+)
 from vsekit.registry import parse_dataclass
 
 Form = Literal["hinge", "lse"]
@@ -129,13 +135,6 @@ def pair_cost(high: torch.Tensor, low: torch.Tensor, *, delta: float, surrogate:
     return 1 - torch.tanh((high - low - delta) / temperature)
 
 
-def _mean_over_rows(row_sum: torch.Tensor, row_count: torch.Tensor) -> torch.Tensor:
-    """Mean over rows with ≥ 1 pair of row_sum / row_count; 0 (differentiable) if none."""
-    has_pair = row_count > 0
-    row_loss = row_sum / row_count.clamp(min=1)
-    return row_loss.where(has_pair, 0).sum() / has_pair.sum().clamp(min=1)
-
-
 def _pair_block(scores: torch.Tensor, labels: torch.Tensor, *, label_gap: float, delta: float,
                 surrogate: Surrogate, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """All pairs of a block of rows: (Σ of pair costs [q], number of eligible pairs [q])."""
@@ -182,7 +181,8 @@ def _lower_count(sorted_labels: torch.Tensor, label_gap: float) -> torch.Tensor:
     Gap 0: the start of r's tie group (a cumulative max, O(N) per row). Gap > 0: binary
     search for y_r − gap, with the rounding of the reference predicate (O(N log N)).
     """
-    if label_gap:
+    if label_gap:  # (rows of transposed labels sort into strided tensors)
+        sorted_labels = sorted_labels.contiguous()
         return torch.searchsorted(sorted_labels, sorted_labels - label_gap)
     n = sorted_labels.shape[1]
     previous = torch.nn.functional.pad(sorted_labels, (1, 0), value=float("nan"))[:, :-1]
@@ -272,6 +272,34 @@ def check_kendall_options(mode: str, window: int | None, offset: int, label_gap:
                              f"got {temperature}")
 
 
+def kendall_row_losses(scores: torch.Tensor, labels: torch.Tensor, *, mode: KendallMode = "swhs",
+                       window: int | None = None, offset: int = 1, label_gap: float = 0.0,
+                       delta: float = 0.0, surrogate: Surrogate = "hinge",
+                       temperature: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row Kendall losses of :func:`kendall_rank_loss`: (sum over the rows that have at
+    least one pair of their row loss (0-d, differentiable), number of such rows (0-d int64)).
+
+    The batch loss is their ratio; under DDP each rank sums its own rows and the count is
+    summed over ranks (:func:`vsekit.distributed.global_mean`). Arguments as there.
+    """
+    check_kendall_options(mode, window, offset, label_gap, delta, surrogate, temperature)
+    require(scores.ndim == 2 and labels.shape == scores.shape,
+            f"the label matrix has shape {tuple(labels.shape)} but the scores have shape "
+            f"{tuple(scores.shape)}; pass one label per (query, candidate) score")
+    options = {"label_gap": label_gap, "delta": delta, "surrogate": surrogate,
+               "temperature": temperature}
+    labels = labels.detach()
+    if scores.numel() == 0:
+        return scores.sum(), torch.zeros((), dtype=torch.int64, device=scores.device)
+    if mode == "all":
+        row_sum, row_count = _all_pair_rows(scores, labels, **options)
+    else:
+        row_sum, row_count = _swhs_rows(scores, labels, window=window, offset=offset, **options)
+    has_pair = row_count > 0
+    row_loss = row_sum / row_count.clamp(min=1)
+    return row_loss.where(has_pair, 0).sum(), has_pair.sum()
+
+
 def kendall_rank_loss(scores: torch.Tensor, labels: torch.Tensor, *, mode: KendallMode = "swhs",
                       window: int | None = None, offset: int = 1, label_gap: float = 0.0,
                       delta: float = 0.0, surrogate: Surrogate = "hinge",
@@ -297,20 +325,10 @@ def kendall_rank_loss(scores: torch.Tensor, labels: torch.Tensor, *, mode: Kenda
         labels: float [Q, N] relevance of candidate n to query q (higher = more relevant).
         surrogate: ``"hinge"`` or ``"tanh"`` (1 − tanh((s_a − s_b − delta) / temperature)).
     """
-    check_kendall_options(mode, window, offset, label_gap, delta, surrogate, temperature)
-    require(scores.ndim == 2 and labels.shape == scores.shape,
-            f"the label matrix has shape {tuple(labels.shape)} but the scores have shape "
-            f"{tuple(scores.shape)}; pass one label per (query, candidate) score")
-    options = {"label_gap": label_gap, "delta": delta, "surrogate": surrogate,
-               "temperature": temperature}
-    labels = labels.detach()
-    if scores.numel() == 0:
-        return scores.sum()
-    if mode == "all":
-        row_sum, row_count = _all_pair_rows(scores, labels, **options)
-    else:
-        row_sum, row_count = _swhs_rows(scores, labels, window=window, offset=offset, **options)
-    return _mean_over_rows(row_sum, row_count)
+    total, rows = kendall_row_losses(scores, labels, mode=mode, window=window, offset=offset,
+                                     label_gap=label_gap, delta=delta, surrogate=surrogate,
+                                     temperature=temperature)
+    return total / rows.clamp(min=1)
 
 
 # --------------------------------------------------------------------------- loss modules
@@ -354,19 +372,24 @@ class TripletSNLoss(nn.Module):
         self.params = params
 
     def forward(self, image_emb: torch.Tensor, text_emb: torch.Tensor,
-                image_ids: torch.Tensor, **_context: Any) -> LossOutput:
-        """Loss of a batch: image_emb, text_emb [B, D] (normalised), image_ids int64 [B]."""
+                image_ids: torch.Tensor, *, pairs: PairSims | None = None,
+                **_context: Any) -> LossOutput:
+        """Loss of a batch: image_emb, text_emb [B, D] (normalised), image_ids int64 [B].
+
+        Each direction is a mean over this process's B anchor rows; under DDP (equal local
+        batches) that is the rank's share of the mean over the global batch.
+        """
         p = self.params
-        sims = batch_similarities(image_emb, text_emb, image_ids)
-        mask = same_image_mask(image_ids, image_ids)
-        positive = torch.arange(sims.shape[0], device=sims.device)
+        pairs = context_pairs(image_emb, text_emb, image_ids, pairs)
+        mask = pairs.same_image()
         if p.form == "lse":
             one_way = functools.partial(triplet_lse_loss, margin=p.margin, tau=p.resolved_tau)
         else:
             one_way = functools.partial(triplet_sn_loss, margin=p.margin, tau=p.resolved_tau,
                                         grad_through_weights=p.grad_through_weights)
-        loss = (one_way(sims, positive, mask) + one_way(sims.T, positive, mask.T)) / 2
-        return LossOutput(loss, similarity_diagnostics(sims, mask))
+        loss = sum(one_way(sims, pairs.positive, m)
+                   for sims, m in zip(pairs.directions(), pairs.masks(mask), strict=True)) / 2
+        return LossOutput(loss, similarity_diagnostics(pairs, mask))
 
 
 @dataclass
@@ -479,31 +502,53 @@ class BCLSLoss(nn.Module):
         if hasattr(self.base, "on_epoch_start"):
             self.base.on_epoch_start(epoch)
 
-    def batch_labels(self, image_index: torch.Tensor, caption_index: torch.Tensor,
-                     image_ids: torch.Tensor) -> torch.Tensor:
-        """Pseudo labels R [B, B] (image of pair a × caption of pair b), 1 where same image."""
+    def commit_step(self) -> None:
+        """Forward the trainer's commit of a kept step to a stateful base (e.g. ``fne``)."""
+        if hasattr(self.base, "commit_step"):
+            self.base.commit_step()
+
+    def batch_labels(self, pairs: PairSims, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pseudo labels of the anchors' rows: (i2t [B, N]: anchor image × every caption,
+        t2i [B, N]: anchor caption × every image), 1 where the two share an image id.
+
+        One process: one [B, B] label matrix (image of pair a × caption of pair b) and its
+        transpose; under DDP the candidates' split rows are gathered from every rank.
+        """
         if self.caption_emb.numel() == 0:
             raise VsekitError("the bcls loss has no pseudo labels yet; call its bind(train_split"
                               "=...) before the first step (vsekit train does this)")
-        labels = labels_from_table(self.caption_emb, self.table, self.table_valid,
-                                   image_index, caption_index)
-        return labels.masked_fill(same_image_mask(image_ids, image_ids), 1.0)
+        same = pairs.same_image()
+        image_index, caption_index = batch.image_index, batch.caption_index
+        labels = functools.partial(labels_from_table, self.caption_emb, self.table,
+                                   self.table_valid)
+        if pairs.shared:
+            i2t = labels(image_index, caption_index).masked_fill(same, 1.0)
+            return i2t, i2t.T
+        all_images, all_captions = distributed.gather_many(image_index, caption_index)
+        return (labels(image_index, all_captions).masked_fill(same, 1.0),
+                labels(all_images, caption_index).T.masked_fill(same, 1.0))
 
     def forward(self, image_emb: torch.Tensor, text_emb: torch.Tensor, image_ids: torch.Tensor,
                 *, batch: Any = None, **context: Any) -> LossOutput:
         """Loss of a batch: image_emb, text_emb [B, D] (normalised), image_ids int64 [B];
-        ``batch`` (a :class:`vsekit.data.Batch`) supplies the label indices."""
-        base = self.base(image_emb, text_emb, image_ids, batch=batch, **context)
+        ``batch`` (a :class:`vsekit.data.Batch`) supplies the label indices.
+
+        The base loss and the Kendall term share one :class:`PairSims` (one gather per step
+        under DDP). Each Kendall direction is a mean over the rows that have a pair; under
+        DDP their number is summed over ranks, so the result equals one process's.
+        """
+        pairs = pair_similarities(image_emb, text_emb, image_ids)
+        base = self.base(image_emb, text_emb, image_ids, batch=batch, pairs=pairs, **context)
         if self.params.lam == 0:
             return base
         if batch is None:
             raise VsekitError("the bcls loss needs the batch (image_index, caption_index) in its "
                               "context; call it as loss(image_emb, text_emb, ids, batch=batch)")
-        sims = batch_similarities(image_emb, text_emb, image_ids)
-        labels = self.batch_labels(batch.image_index, batch.caption_index, image_ids)
         options = self.params.kendall_options()
-        i2t = kendall_rank_loss(sims, labels, **options)
-        t2i = kendall_rank_loss(sims.T, labels.T, **options)  # caption queries: label columns
+        parts = [kendall_row_losses(sims, labels, **options) for sims, labels in
+                 zip(pairs.directions(), self.batch_labels(pairs, batch), strict=True)]
+        i2t, t2i = distributed.global_mean(torch.stack([total for total, _ in parts]),
+                                           torch.stack([rows for _, rows in parts]))
         loss = base.loss + self.params.lam * (i2t + t2i) / 2
         diagnostics = {**base.diagnostics, "base_loss": base.loss.detach(),
                        "kendall_i2t": i2t.detach(), "kendall_t2i": t2i.detach()}

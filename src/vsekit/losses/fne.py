@@ -15,21 +15,26 @@ See docs/fne.md for every reference-parity choice and the numerics.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
+from vsekit import distributed
+from vsekit.distributed import Shard
 from vsekit.errors import VsekitError
 from vsekit.losses.base import LOSSES, LossOutput, same_image_mask
 from vsekit.losses.momentum import ema_update_, momentum_copy
 from vsekit.losses.queue import MemoryQueue
 from vsekit.losses.ranking import (
-    batch_similarities,
-    exclusion_mask,
-    hinge_costs,
-    max_violations,
+    PairSims,
+    check_batch,
+    context_pairs,
+    pair_hinges,
+    pair_similarities,
+    pooled_hinges,
     reduce_anchors,
     similarity_diagnostics,
 )
@@ -213,30 +218,39 @@ def negative_sampling_weights(sims: torch.Tensor, pos_sims: torch.Tensor,
                             min_count=min_count, reference_numerics=reference_numerics).weights
 
 
-def draw_one_per_row(weights: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def draw_one_per_row(weights: torch.Tensor, generator: torch.Generator,
+                     shard: Shard | None = None) -> torch.Tensor:
     """int64 [B]: one column per row of weights [B, N] (≥ 0, each row with a positive
     entry), drawn with probability proportional to the weight (multinomial semantics).
 
     Inverse CDF: running sums, one uniform per row, binary search. Same distribution as
     ``torch.multinomial(weights, 1)``, whose one-sample path draws B×N exponentials (on CPU
     ~15× the cost of this); probabilities are exact up to the rounding of the running sums
-    in the weights' dtype, and a zero weight is never drawn.
+    in the weights' dtype, and a zero weight is never drawn. With ``shard`` (DDP), the rows
+    are rows offset … offset + B − 1 of a global batch: ``generator`` (seeded alike on every
+    rank) draws the uniforms of all ``shard.total`` rows and this rank uses its own, so the
+    draws are those one process would make for the global batch.
     """
     cdf = weights.cumsum(dim=1)
     total = cdf[:, -1:]
-    u = torch.rand(total.shape, generator=generator, device=weights.device, dtype=cdf.dtype)
+    rows = shard.total if shard is not None else total.shape[0]
+    u = torch.rand((rows, 1), generator=generator, device=weights.device, dtype=cdf.dtype)
+    if shard is not None:
+        u = u[shard.offset:shard.offset + shard.size]
     u = torch.minimum(u.mul_(total), torch.nextafter(total, torch.zeros_like(total)))
     return torch.searchsorted(cdf, u, right=True).squeeze(1)
 
 
 def step_generator(seed: int, step: int, device: torch.device,
-                   cached: torch.Generator | None = None) -> torch.Generator:
-    """A generator on ``device`` seeded from (seed, step): draws repeat exactly after a resume.
-
-    Reuses ``cached`` (re-seeded) when it lives on ``device``.
+                   cached: torch.Generator | None = None, rank: int = 0) -> torch.Generator:
+    """A generator on ``device`` seeded from (seed, step), and the rank when not 0: draws
+    repeat exactly after a resume. Reuses ``cached`` (re-seeded) when it lives on ``device``.
     """
     gen = cached if cached is not None and cached.device == device else torch.Generator(device)
-    return gen.manual_seed((seed << 32) + step)
+    if rank == 0:
+        return gen.manual_seed((seed << 32) + step)
+    return gen.manual_seed(int(np.random.SeedSequence([seed, step, rank]).generate_state(
+        1, np.uint64)[0]))
 
 
 @dataclass
@@ -334,26 +348,30 @@ class FNEStep:
 
 def _draw(sims: torch.Tensor, anchors: torch.Tensor, pool: torch.Tensor, mask: torch.Tensor,
           fallback: torch.Tensor, stats: SimilarityStats, params: FNEParams,
-          generator: torch.Generator) -> DirectionDraw:
+          generator: torch.Generator, shard: Shard) -> DirectionDraw:
     """Weights, one draw per row, and the live hinge of the drawn negatives.
 
-    sims [B, N] detached; anchors [B, D] live; pool [N, D] (row i = anchor i's positive).
-    Only the 2·B similarities the hinge needs are recomputed with gradient, so the backward
-    pass never touches a B×N matrix.
+    sims [B, N] detached; anchors [B, D] live; pool [N, D] (row shard.offset + i = anchor
+    i's positive). Only the 2·B similarities the hinge needs are recomputed with gradient,
+    so the backward pass never touches a B×N matrix.
     """
-    batch = sims.shape[0]
-    found = sampling_weights(sims, sims[:, :batch].diagonal(), mask, stats, fallback,
+    found = sampling_weights(sims, own_columns(sims, shard), mask, stats, fallback,
                              **params.weight_kwargs())
     if params.sampler == "multinomial":
         index = torch.multinomial(found.weights, 1, generator=generator).squeeze(1)
     else:
-        index = draw_one_per_row(found.weights, generator)
+        index = draw_one_per_row(found.weights, generator, shard)
     anchors = anchors.to(pool.dtype)
     drawn = (anchors * pool[index]).sum(dim=1)
-    positive = (anchors * pool[:batch]).sum(dim=1)
+    positive = (anchors * pool[shard.offset:shard.offset + shard.size]).sum(dim=1)
     masked = mask.gather(1, index[:, None]).squeeze(1)
     hinge = torch.where(masked, 0, torch.relu(params.margin + drawn - positive)).sum()
     return DirectionDraw(hinge, index, masked, found)
+
+
+def own_columns(sims: torch.Tensor, shard: Shard) -> torch.Tensor:
+    """[B]: sims[i, shard.offset + i], each anchor's similarity to its own pair (a view)."""
+    return sims.narrow(1, shard.offset, shard.size).diagonal()
 
 
 def _step_diagnostics(draws: list[DirectionDraw], stats: SimilarityStats
@@ -392,26 +410,34 @@ class Pools:
     caption: torch.Tensor
 
 
-def fne_loss_path(inbatch_sims: torch.Tensor, image_emb: torch.Tensor, text_emb: torch.Tensor,
-                  pools: Pools, mask: torch.Tensor, stats: SimilarityStats, params: FNEParams,
-                  generator: torch.Generator) -> FNEStep:
+def fne_loss_path(inbatch_sims: torch.Tensor | None, image_emb: torch.Tensor,
+                  text_emb: torch.Tensor, pools: Pools, mask: torch.Tensor,
+                  stats: SimilarityStats, params: FNEParams, generator: torch.Generator, *,
+                  inbatch_t2i: torch.Tensor | None = None, shard: Shard | None = None
+                  ) -> FNEStep:
     """One FNE step from the embeddings: pool similarities, statistics update, weights, draws,
     hinge (methods.md §1.5 steps 3-5).
 
     Args:
-        inbatch_sims: [B, B] online image × online caption sims (the in-batch statistics'
-            source; detached here).
+        inbatch_sims: [B, B] online image × online caption sims, the in-batch statistics'
+            source (detached here); under DDP the image anchors' rows [B, W·B] against every
+            rank's captions, with ``inbatch_t2i`` the caption anchors' rows. Unused (may be
+            None) with ``stats_source: pool``.
         image_emb, text_emb: [B, D] live online embeddings (the anchors; gradient flows here).
-        pools: the momentum candidates, N = B + Q rows each.
+        pools: the momentum candidates, N rows each: the global batch, then the queue.
         mask: bool [B, N], pool entries sharing the anchor's image id (both directions).
         stats: updated in place before the weights use it.
         params: the loss parameters; generator: the draws' random source.
+        shard: where this rank's anchors sit in the global batch (default: one process);
+            anchor i's positive is pool row shard.offset + i.
 
     S_i2t = image_emb · pools.captionᵀ and S_t2i = text_emb · pools.imageᵀ are computed once,
     detached, in at least float32 (also under autocast). Returns the loss
-    L = (Σ_i hinge_i2t + hinge_t2i) / B, the draws and diagnostics.
+    L = (Σ_i hinge_i2t + hinge_t2i) / B, the draws and diagnostics; under DDP L is this
+    rank's share (B is the local batch), and the ranks' average is the global loss.
     """
     batch = image_emb.shape[0]
+    shard = shard or Shard(0, batch, batch)
     anchors = [image_emb, text_emb]
     pool = [pools.caption, pools.image]
     dtype = torch.promote_types(torch.promote_types(image_emb.dtype, pools.image.dtype),
@@ -420,16 +446,19 @@ def fne_loss_path(inbatch_sims: torch.Tensor, image_emb: torch.Tensor, text_emb:
         pool = [p.to(dtype) for p in pool]
         sims = [a.to(dtype) @ p.T for a, p in zip(anchors, pool, strict=True)]
     hardest = [hardest_negatives(s, mask) for s in sims]
+    positives = [own_columns(s, shard) for s in sims]
     if params.stats_source == "inbatch":
-        stats.update(inbatch_observations(inbatch_sims.detach()))
+        columns = torch.arange(shard.offset, shard.offset + batch, device=image_emb.device)
+        t2i = None if inbatch_t2i is None else inbatch_t2i.detach()
+        stats.update(inbatch_observations(inbatch_sims.detach(), t2i, columns))
     else:
-        positives = [s[:, :batch].diagonal() for s in sims]
         stats.update(pool_observations(positives[0], hardest[0].values,
                                        positives[1], hardest[1].values))
     draws = []
-    for s, a, p, (values, index) in zip(sims, anchors, pool, hardest, strict=True):
-        fallback = fallback_from_hardest(values, index, s[:, :batch].diagonal(), params.margin)
-        draws.append(_draw(s, a, p, mask, fallback, stats, params, generator))
+    for s, a, p, (values, index), pos in zip(sims, anchors, pool, hardest, positives,
+                                             strict=True):
+        fallback = fallback_from_hardest(values, index, pos, params.margin)
+        draws.append(_draw(s, a, p, mask, fallback, stats, params, generator, shard))
     loss = (draws[0].hinge + draws[1].hinge) / batch
     return FNEStep(loss, draws[0], draws[1], _step_diagnostics(draws, stats))
 
@@ -460,6 +489,25 @@ def _require(value: Any, name: str) -> Any:
     return value
 
 
+@dataclass
+class PendingUpdate:
+    """The state changes of the last FNE call, applied by :meth:`FNELoss.commit_step`.
+
+    Attributes:
+        model: the online model the momentum copy follows.
+        moments: the similarity statistics after the step (None in the warm-up: unchanged).
+        enqueue: (image features, caption features, ids, image_index, caption_index) of the
+            global batch, for :meth:`MemoryQueue.write` (None in the warm-up).
+        buffers: the momentum copy's buffers after its forward pass (BatchNorm running
+            statistics; empty in the warm-up, which runs no momentum forward).
+    """
+
+    model: nn.Module
+    moments: torch.Tensor | None = None
+    enqueue: tuple[torch.Tensor, ...] | None = None
+    buffers: list[torch.Tensor] = field(default_factory=list)
+
+
 @LOSSES.register("fne", FNEParams)
 class FNELoss(nn.Module):
     """FNE (false negative elimination): sampled negatives from a momentum memory queue.
@@ -467,9 +515,25 @@ class FNELoss(nn.Module):
     Lifecycle (the vsekit trainer drives it): ``bind(model=, config=)`` once, which makes the
     momentum copy and the queue (both part of ``state_dict``); ``on_epoch_start(epoch)``
     resets the statistics; each call ``loss(img, txt, ids, epoch=, step=, batch=, model=)``
-    runs, in the reference's order: momentum update, momentum features, similarities and
-    mask, statistics update, weights/draw/loss, enqueue. During the first ``warmup_epochs``
-    it is in-batch VSE++ instead (momentum update still runs; no statistics, no enqueue).
+    computes a step *without changing any state*; ``commit_step()``, which the trainer calls
+    once it has applied the step's optimiser update, then writes the step's statistics, its
+    enqueue, the momentum copy's buffers (BatchNorm statistics) and the momentum update. A step the trainer skips (non-finite loss or gradient)
+    is never committed, so it leaves queue, statistics and momentum weights untouched.
+
+    The order is the reference's: momentum update, momentum features, similarities and mask,
+    statistics update, weights/draw/loss, enqueue. The momentum update that the reference
+    makes at the start of step t+1 is made at the commit of step t, right after the
+    optimiser step: the online weights do not change in between, so it is the same update
+    (and the first step's, on a fresh copy, is the identity). During the first
+    ``warmup_epochs`` the loss is in-batch VSE++ instead (the momentum update still runs; no
+    statistics, no enqueue).
+
+    Under DDP every rank computes its own anchors against the global batch's momentum
+    features plus the queue; momentum features and ids are gathered before they enter the
+    queue (every rank's queue is identical) and the statistics are merged by an all-reduce of
+    sums and counts (identical on all ranks). The ``inverse_cdf`` sampler draws the global
+    batch's uniforms on every rank and uses its own rows, so the draws are those of one
+    process; ``multinomial`` seeds its generator per (seed, step, rank).
 
     After each call ``last_picks`` holds the chosen negatives per direction (``"i2t"``,
     ``"t2i"``: :class:`Picks`; in the warm-up, the in-batch hardest negatives).
@@ -486,6 +550,7 @@ class FNELoss(nn.Module):
         self.queue = None
         self.last_picks: dict[str, Picks] = {}
         self._generator: torch.Generator | None = None
+        self._pending: PendingUpdate | None = None
 
     def bind(self, model: nn.Module, config: Any = None, **_context: Any) -> None:
         """Create the momentum copy of ``model`` and the queue (D = ``config.model.embed_dim``)."""
@@ -502,56 +567,99 @@ class FNELoss(nn.Module):
         """Reset the similarity statistics (they are per epoch [ref])."""
         self.stats.reset()
 
+    @torch.no_grad()
+    def commit_step(self) -> None:
+        """Apply the last call's state changes: statistics, enqueue, then the momentum update.
+        No-op when there is nothing to commit (no host sync)."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        if pending.moments is not None:
+            self.stats.moments.copy_(pending.moments)
+        if pending.enqueue is not None:
+            self.queue.write(*pending.enqueue)
+        if pending.buffers:  # (none in the warm-up)
+            for buffer, value in zip(self.momentum_model.buffers(), pending.buffers, strict=True):
+                buffer.copy_(value)
+        ema_update_(self.momentum_model, pending.model, self.params.momentum)
+
+    @torch.no_grad()
     def _momentum_features(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, ...]:
-        with torch.no_grad():
-            self.momentum_model.train(model.training)
-            return self.momentum_model(batch)
+        """The momentum copy's features of ``batch`` (in the online model's mode). Buffers the
+        forward pass updates (e.g. BatchNorm running statistics) are restored at once and
+        their new values kept for the commit."""
+        self.momentum_model.train(model.training)
+        buffers = list(self.momentum_model.buffers())
+        saved = [b.clone() for b in buffers]
+        features = self.momentum_model(batch)
+        self._pending.buffers = [b.clone() for b in buffers]
+        for buffer, value in zip(buffers, saved, strict=True):
+            buffer.copy_(value)
+        return features
 
     def forward(self, image_emb: torch.Tensor, text_emb: torch.Tensor, image_ids: torch.Tensor,
                 *, epoch: int | None = None, step: int | None = None, batch: Any = None,
-                model: nn.Module | None = None, **_context: Any) -> LossOutput:
-        """Loss of a batch: image_emb, text_emb [B, D] (normalised), image_ids int64 [B]."""
+                model: nn.Module | None = None, pairs: PairSims | None = None,
+                **_context: Any) -> LossOutput:
+        """Loss of a batch: image_emb, text_emb [B, D] (normalised), image_ids int64 [B].
+
+        ``pairs``: the batch's :class:`PairSims` if the caller already built them (``bcls``).
+        """
         if self.momentum_model is None or self.queue is None:
             raise VsekitError("the fne loss is not bound to a model; call "
                               "loss.bind(model=model, config=config) before training")
         epoch = _require(epoch, "epoch")
-        ema_update_(self.momentum_model, _require(model, "model"), self.params.momentum)
+        self._pending = PendingUpdate(_require(model, "model"))
         if epoch < self.params.warmup_epochs:
-            return self._warmup(image_emb, text_emb, image_ids, batch)
+            return self._warmup(image_emb, text_emb, image_ids, batch, pairs)
         return self._fne(image_emb, text_emb, image_ids, _require(step, "step"),
-                         _require(batch, "batch"), model)
+                         _require(batch, "batch"), model, pairs)
 
     def _warmup(self, image_emb: torch.Tensor, text_emb: torch.Tensor, image_ids: torch.Tensor,
-                batch: Any) -> LossOutput:
-        sims = batch_similarities(image_emb, text_emb, image_ids)
-        mask = exclusion_mask(image_ids, self.params.warmup_id_mask)
-        cost_i2t, cost_t2i = hinge_costs(sims, mask, self.params.margin)
-        loss = reduce_anchors(max_violations(cost_i2t, cost_t2i), "mean")
+                batch: Any, pairs: PairSims | None) -> LossOutput:
+        pairs = context_pairs(image_emb, text_emb, image_ids, pairs)
+        mask = pairs.exclusion(self.params.warmup_id_mask)
+        cost_i2t, cost_t2i = pair_hinges(pairs, mask, self.params.margin)
+        loss = reduce_anchors(pooled_hinges(cost_i2t, cost_t2i, "max"), "mean")
         if batch is not None:
-            self._record_picks(cost_i2t.detach().argmax(dim=1), cost_t2i.detach().argmax(dim=0),
-                               batch.image_index, batch.caption_index)
-        return LossOutput(loss, similarity_diagnostics(sims, mask))
+            image_index, caption_index = distributed.gather_many(batch.image_index,
+                                                                 batch.caption_index)
+            self._record_picks(cost_i2t.detach().argmax(dim=1), cost_t2i.detach().argmax(dim=1),
+                               image_index, caption_index)
+        return LossOutput(loss, similarity_diagnostics(pairs, mask))
 
     def _fne(self, image_emb: torch.Tensor, text_emb: torch.Tensor, image_ids: torch.Tensor,
-             step: int, batch: Any, model: nn.Module) -> LossOutput:
-        inbatch = batch_similarities(image_emb, text_emb, image_ids)
+             step: int, batch: Any, model: nn.Module, pairs: PairSims | None) -> LossOutput:
+        check_batch(image_emb, text_emb, image_ids)
         queue = self.queue
         if image_emb.shape[1] != queue.dim:
             raise VsekitError(f"the fne queue holds {queue.dim}-d features but the model "
                               f"outputs {image_emb.shape[1]}-d; set model.embed_dim to "
                               f"{image_emb.shape[1]}")
-        image_m, text_m = self._momentum_features(model, batch)
+        inbatch = None
+        if self.params.stats_source == "inbatch":  # the online in-batch sims, detached
+            inbatch = pairs or pair_similarities(image_emb.detach(), text_emb.detach(),
+                                                 image_ids)
+        image_m, text_m = distributed.gather_many(*self._momentum_features(model, batch))
+        ids, image_index, caption_index = distributed.gather_many(
+            image_ids, batch.image_index, batch.caption_index)
         pools = Pools(image=torch.cat([image_m.to(queue.image.dtype), queue.image]),
                       caption=torch.cat([text_m.to(queue.text.dtype), queue.text]))
-        mask = same_image_mask(image_ids, torch.cat([image_ids, queue.ids]))
+        mask = same_image_mask(image_ids, torch.cat([ids, queue.ids]))
+        rank = distributed.rank() if self.params.sampler == "multinomial" else 0
         self._generator = step_generator(self.params.seed, step, image_emb.device,
-                                         self._generator)
-        result = fne_loss_path(inbatch, image_emb, text_emb, pools, mask, self.stats,
-                               self.params, self._generator)
-        pool_image = torch.cat([batch.image_index, queue.image_index])
-        pool_caption = torch.cat([batch.caption_index, queue.caption_index])
-        self._record_picks(result.i2t.index, result.t2i.index, pool_image, pool_caption)
-        queue.write(image_m, text_m, image_ids, batch.image_index, batch.caption_index)
+                                         self._generator, rank)
+        stats = self.stats.fork()
+        result = fne_loss_path(
+            None if inbatch is None else inbatch.i2t, image_emb, text_emb, pools, mask, stats,
+            self.params, self._generator,
+            inbatch_t2i=None if inbatch is None or inbatch.shared else inbatch.t2i,
+            shard=distributed.local_shard(image_emb.shape[0]))
+        self._record_picks(result.i2t.index, result.t2i.index,
+                           torch.cat([image_index, queue.image_index]),
+                           torch.cat([caption_index, queue.caption_index]))
+        self._pending.moments = stats.moments
+        self._pending.enqueue = (image_m, text_m, ids, image_index, caption_index)
         return LossOutput(result.loss, result.diagnostics)
 
     def _record_picks(self, i2t: torch.Tensor, t2i: torch.Tensor, image_index: torch.Tensor,

@@ -3,7 +3,8 @@
 FNE models the similarity of a positive pair and of a hard negative as two 1-D Gaussians. Their
 means and variances are running statistics over the epoch, collected from pairs that are top-1
 in both directions (the pair is probably clean). :class:`SimilarityStats` keeps raw sums as one
-buffer, so it is checkpointed and can be summed across ranks (``reduce``) for DDP.
+buffer, so it is checkpointed, and each batch's sums are summed across ranks (``reduce``,
+an all-reduce under DDP), so every rank holds the statistics of the global batch.
 
 Similarities are dot products of unit vectors (cosines, unitless). Everything here is tensor
 math without host syncs: qualifying pairs are boolean masks, never Python branches.
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from vsekit import distributed
 
 # Columns of SimilarityStats.moments; rows are POSITIVE and NEGATIVE.
 COUNT, SUM, SQUARES = 0, 1, 2
@@ -37,25 +40,42 @@ class Observations:
     neg_valid: torch.Tensor
 
 
-def mutual_top1(sims: torch.Tensor) -> torch.Tensor:
-    """bool [B]: pair i is top-1 of its row and of its column of sims [B, B].
+def _rows(sims: torch.Tensor, t2i: torch.Tensor | None, positive: torch.Tensor | None
+          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(i2t rows, t2i rows, positive columns): one process's defaults are sims.T and 0…B−1."""
+    if positive is None:
+        positive = torch.arange(sims.shape[0], device=sims.device)
+    return sims, (sims.T if t2i is None else t2i), positive
 
-    argmax semantics (ties go to the lowest index), as methods.md §1.10 asks; the reference
-    sorts, which orders exact ties arbitrarily.
+
+def mutual_top1(sims: torch.Tensor, t2i: torch.Tensor | None = None,
+                positive: torch.Tensor | None = None) -> torch.Tensor:
+    """bool [B]: pair i is top-1 of its image's row and of its caption's row.
+
+    ``sims`` [B, N] are the image anchors' rows (one process: the B×B matrix), ``t2i``
+    [B, N] the caption anchors' rows (default ``sims.T``), ``positive`` [B] each anchor's own
+    column (default 0…B−1; rank·B + i under DDP). argmax semantics (ties go to the lowest
+    index), as methods.md §1.10 asks; the reference sorts, which orders exact ties
+    arbitrarily.
     """
-    arange = torch.arange(sims.shape[0], device=sims.device)
-    return (sims.argmax(dim=1) == arange) & (sims.argmax(dim=0) == arange)
+    i2t, t2i, positive = _rows(sims, t2i, positive)
+    return (i2t.argmax(dim=1) == positive) & (t2i.argmax(dim=1) == positive)
 
 
-def hardest_zero_diagonal(sims: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hardest in-batch negatives (i2t [B], t2i [B]) of sims [B, B], the reference's way.
+def hardest_zero_diagonal(sims: torch.Tensor, t2i: torch.Tensor | None = None,
+                          positive: torch.Tensor | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hardest in-batch negatives (i2t [B], t2i [B]), the reference's way (rows as in
+    :func:`mutual_top1`).
 
-    The diagonal is set to 0 before the max (only the diagonal is excluded, not other pairs of
-    the same image), so a row whose off-diagonal values are all below 0 yields 0 [ref].
+    The own pair is set to 0 before the max (only it is excluded, not other pairs of the
+    same image), so a row whose other values are all below 0 yields 0 [ref].
     """
-    eye = torch.eye(sims.shape[0], dtype=torch.bool, device=sims.device)
-    zeroed = sims.masked_fill(eye, 0)
-    return zeroed.max(dim=1).values, zeroed.max(dim=0).values
+    i2t, t2i, positive = _rows(sims, t2i, positive)
+    columns = torch.arange(i2t.shape[1], device=i2t.device)
+    own = columns[None, :] == positive[:, None]
+    return tuple(rows.masked_fill(own, 0).max(dim=1).values  # type: ignore[return-value]
+                 for rows in (i2t, t2i))
 
 
 def hardest_negatives(sims: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,15 +86,18 @@ def hardest_negatives(sims: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Ten
     return sims.masked_fill(mask, float("-inf")).max(dim=1)
 
 
-def inbatch_observations(sims: torch.Tensor) -> Observations:
-    """What the reference adds from the online in-batch matrix sims [B, B] (image × caption).
+def inbatch_observations(sims: torch.Tensor, t2i: torch.Tensor | None = None,
+                         positive: torch.Tensor | None = None) -> Observations:
+    """What the reference adds from the online in-batch similarities (rows as in
+    :func:`mutual_top1`; one process: the image × caption matrix sims [B, B]).
 
-    For every mutually top-1 pair i: the positive sims[i, i], and the two hardest negatives
-    (row i and column i, diagonal zeroed before the max) [ref].
+    For every mutually top-1 pair i: its positive, and the two hardest negatives (its
+    image's row and its caption's row, own pair zeroed before the max) [ref].
     """
-    qualifies = mutual_top1(sims)
-    h_i2t, h_t2i = hardest_zero_diagonal(sims)
-    return Observations(pos=sims.diagonal(), pos_valid=qualifies,
+    i2t, t2i, positive = _rows(sims, t2i, positive)
+    qualifies = mutual_top1(i2t, t2i, positive)
+    h_i2t, h_t2i = hardest_zero_diagonal(i2t, t2i, positive)
+    return Observations(pos=i2t.gather(1, positive[:, None]).squeeze(1), pos_valid=qualifies,
                         neg=torch.cat([h_i2t, h_t2i]), neg_valid=torch.cat([qualifies, qualifies]))
 
 
@@ -92,10 +115,6 @@ def pool_observations(pos_i2t: torch.Tensor, hard_i2t: torch.Tensor,
     both = torch.cat([qualifies, qualifies])
     return Observations(pos=torch.cat([pos_i2t, pos_t2i]), pos_valid=both,
                         neg=negatives, neg_valid=both & torch.isfinite(negatives))
-
-
-def _identity(sums: torch.Tensor) -> torch.Tensor:
-    return sums
 
 
 class SimilarityStats(nn.Module):
@@ -116,8 +135,8 @@ class SimilarityStats(nn.Module):
 
     moments: torch.Tensor
 
-    def __init__(self, exact_variance: bool = False,
-                 reduce: Callable[[torch.Tensor], torch.Tensor] = _identity) -> None:
+    def __init__(self, exact_variance: bool = False, reduce: Callable[[torch.Tensor], torch.Tensor]
+                 = distributed.all_reduce_sum) -> None:
         super().__init__()
         self.exact_variance = exact_variance
         self.reduce = reduce
@@ -126,6 +145,13 @@ class SimilarityStats(nn.Module):
     def reset(self) -> None:
         """Forget everything (start of an epoch)."""
         self.moments.zero_()
+
+    def fork(self) -> SimilarityStats:
+        """An independent copy (same options and reduce hook) whose updates leave this one
+        untouched: FNE updates a fork during a step and commits it only if the step is kept."""
+        copy = SimilarityStats(self.exact_variance, self.reduce)
+        copy.moments = self.moments.clone()
+        return copy
 
     @torch.no_grad()
     def update(self, obs: Observations) -> None:
