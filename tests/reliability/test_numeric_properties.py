@@ -24,7 +24,7 @@ from vsekit.eval.metrics import retrieval_metrics, retrieval_ranks
 from vsekit.losses import LOSSES
 from vsekit.losses.bcls import kendall_rank_loss
 from vsekit.losses.fne import negative_sampling_weights
-from vsekit.losses.ranking import infonce_loss, vsepp_loss
+from vsekit.losses.ranking import PairSims, infonce_loss, vsepp_loss
 
 PROPERTY = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 MARGIN = 0.2
@@ -200,8 +200,8 @@ def test_hinge_is_positively_homogeneous_and_infonce_sees_only_the_product(
     scaled = vsepp_loss(c * sims, mask, c * MARGIN, "mean")
     assert math.isclose(scaled.item(), c * vsepp_loss(sims, mask, MARGIN, "mean").item(),
                         rel_tol=1e-9, abs_tol=1e-12)
-    a = infonce_loss(c * sims, mask, torch.tensor(SCALE, dtype=torch.float64))
-    b = infonce_loss(sims, mask, torch.tensor(c * SCALE, dtype=torch.float64))
+    a = infonce_loss(PairSims.from_matrix(c * sims), mask, torch.tensor(SCALE, dtype=torch.float64))
+    b = infonce_loss(PairSims.from_matrix(sims), mask, torch.tensor(c * SCALE, dtype=torch.float64))
     assert math.isclose(a.item(), b.item(), rel_tol=1e-9, abs_tol=1e-12)
 
 
