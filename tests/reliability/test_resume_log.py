@@ -1,8 +1,6 @@
-"""Exact resume of the metrics log: three gaps in the trainer (src/vsekit/train/trainer.py,
-changed by its owner, not here). Each test states the guarantee and is a strict xfail until
-the change in its reason lands; then it passes, pytest reports the XPASS as a failure, and
-the marker goes. Weights, loss state and final metrics already resume bit for bit
-(test_kill_resume.py); these are about log rows only.
+"""Exact resume of the metrics log: no row lost or doubled by a Ctrl-C, a kill during an
+epoch end, or a mid-epoch resume (the false-negative monitor's counts are checkpointed).
+Weights, loss state and final metrics resume bit for bit (test_kill_resume.py).
 """
 
 from __future__ import annotations
@@ -51,17 +49,10 @@ def keys(rows: list[dict]) -> list[tuple[str, int]]:
     return [(row["kind"], row["step"]) for row in rows]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "trainer.py _train_epochs: write the step's log row before the Ctrl-C stop and the "
-    "periodic checkpoint of that step (today the checkpoint of step 5 is written, the run "
-    "stops, and row 5 is never logged)"))
 def test_ctrl_c_loses_no_log_row(full_rows: list[dict], ctrl_c_rows: list[dict]) -> None:
     assert keys(ctrl_c_rows) == keys(full_rows)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "trainer.py: checkpoint the FalseNegativeMonitor (its hits and count tensors) and "
-    "restore it on resume; today a mid-epoch resume restarts the epoch's counts"))
 def test_mid_epoch_resume_keeps_the_false_negative_monitor(full_rows: list[dict],
                                                            ctrl_c_rows: list[dict]) -> None:
     def epochs(rows: list[dict]) -> list[dict]:
@@ -70,10 +61,6 @@ def test_mid_epoch_resume_keeps_the_false_negative_monitor(full_rows: list[dict]
     assert epochs(ctrl_c_rows) == epochs(full_rows)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "trainer.py _truncate_log: when the checkpoint resumed from was taken at the last step "
-    "of an epoch before the epoch ended (progress.batch == steps per epoch), drop that "
-    "step's non-train rows too: the epoch end (epoch and dev rows) is redone"))
 def test_kill_during_the_epoch_end_duplicates_no_row(tmp_path: Path,
                                                      full_rows: list[dict]) -> None:
     """Killed during the last dev evaluation, after the step-30 checkpoint (taken before the

@@ -73,10 +73,10 @@ def test_parameter_groups_backbone_lr_and_no_decay(tmp_path: Path) -> None:
     assert id(trainer.loss_fn.logit_scale) in seen  # learned temperature: trained, not decayed
 
 
-def test_batch_larger_than_split_is_a_clear_error(tmp_path: Path) -> None:
-    trainer = Trainer(config_from_dict(tiny_config(batch_size=4096)), tmp_path / "run")
-    with pytest.raises(VsekitError, match="batch size 4096 is larger"):
-        trainer.fit()
+def test_batch_larger_than_split_is_a_clear_error_before_the_run_dir(tmp_path: Path) -> None:
+    with pytest.raises(VsekitError, match="batch size 4096 is larger than the 240 training captions"):
+        Trainer(config_from_dict(tiny_config(batch_size=4096)), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow

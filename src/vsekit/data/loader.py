@@ -103,14 +103,19 @@ class PairCollate:
         )
 
 
+def check_batch_size(batch_size: int, split: RetrievalSplit) -> None:
+    """VsekitError when one batch would need more pairs than the split has captions."""
+    require(batch_size <= split.n_captions,
+            f"batch size {batch_size} is larger than the {split.n_captions} training captions; "
+            f"lower train.batch_size")
+
+
 def train_loader(split: RetrievalSplit, model: VSEModel, *, batch_size: int, seed: int,
                  epoch: int, start_batch: int = 0, drop_last: bool = True,
                  num_workers: int = 0, num_replicas: int = 1, rank: int = 0) -> DataLoader:
     """Loader over the captions of ``split`` for one epoch (augmentation on); with
     ``num_replicas`` > 1, rank ``rank``'s shard of every global batch of ``batch_size``."""
-    require(batch_size <= split.n_captions,
-            f"batch size {batch_size} is larger than the {split.n_captions} training captions; "
-            f"lower train.batch_size")
+    check_batch_size(batch_size, split)
     sampler = EpochBatchSampler(split.n_captions, batch_size, seed=seed, epoch=epoch,
                                 drop_last=drop_last, start_batch=start_batch,
                                 num_replicas=num_replicas, rank=rank)

@@ -43,6 +43,16 @@ class FalseNegativeMonitor:
         self.count = {"i2t": torch.zeros((), device=self.relevance.device),
                       "t2i": torch.zeros((), device=self.relevance.device)}
 
+    def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
+        """The counts since the last reset (checkpointed so a resumed epoch keeps them)."""
+        return {"hits": dict(self.hits), "count": dict(self.count)}
+
+    def load_state_dict(self, state: dict[str, dict[str, torch.Tensor]]) -> None:
+        """Restore counts saved by :meth:`state_dict`."""
+        device = self.relevance.device
+        self.hits = {k: v.to(device) for k, v in state["hits"].items()}
+        self.count = {k: v.to(device) for k, v in state["count"].items()}
+
     def _add(self, direction: str, images: torch.Tensor, captions: torch.Tensor) -> None:
         valid = (images >= 0) & (captions >= 0)
         truly = self.relevance[images.clamp(min=0), captions.clamp(min=0)] & valid

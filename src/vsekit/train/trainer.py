@@ -30,7 +30,7 @@ from tqdm import tqdm
 from vsekit import distributed
 from vsekit.config import Config
 from vsekit.data import RetrievalSplit, load_splits
-from vsekit.data.loader import train_loader
+from vsekit.data.loader import check_batch_size, train_loader
 from vsekit.errors import VsekitError
 from vsekit.eval.encode import evaluate_embeddings
 from vsekit.losses import LOSSES
@@ -118,6 +118,7 @@ class Trainer:
         self.train_split = self._split(splits, "train")
         self.dev_split = splits.get("dev")
         self.test_split = self._split(splits, config.eval.split)
+        check_batch_size(config.train.batch_size, self.train_split)  # before the run dir
         self.model = build_model(config.model, context_from_split(config.model, self.train_split))
         self.model.to(self.device)
         name, params = LOSSES.parse(config.loss, "loss")
@@ -144,13 +145,13 @@ class Trainer:
         self.nonfinite_in_a_row = 0
         self.stop_requested = False  # set by a signal on this rank
         self.stop_agreed = False  # some rank got one: every rank stops after the same step
+        self.monitor = (FalseNegativeMonitor(self.train_split.relevance, self.device)
+                        if self.train_split.relevance is not None else None)
         if resume:
             self._restore()
         elif self.is_main:
             prepare_run_dir(config, self.run_dir)
         self.logger = MetricLogger(self.run_dir, enabled=self.is_main)
-        self.monitor = (FalseNegativeMonitor(self.train_split.relevance, self.device)
-                        if self.train_split.relevance is not None else None)
 
     def _param_groups(self) -> list[dict[str, Any]]:
         """Trainable parameters in groups: pretrained backbones get ``train.backbone_lr`` when
@@ -199,6 +200,8 @@ class Trainer:
         }
         if len(rngs) > 1:
             state["rng_ranks"] = rngs
+        if self.monitor is not None:  # this rank's counts of the epoch so far
+            state["monitor"] = self.monitor.state_dict()
         return state
 
     def save(self) -> Path:
@@ -229,12 +232,16 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.state = progress
         set_rng_state(state["rng_ranks"][self.rank] if "rng_ranks" in state else state["rng"])
-        if self.is_main:
-            self._truncate_log(self.state.step)
+        if self.monitor is not None and "monitor" in state:
+            self.monitor.load_state_dict(state["monitor"])
+        if self.is_main:  # a checkpoint at an epoch's last batch: its epoch end is redone
+            self._truncate_log(self.state.step,
+                               epoch_end_redone=self.state.batch >= self.steps_per_epoch)
         self.resumed_from = path
 
-    def _truncate_log(self, step: int) -> None:
-        """Drop log rows written after the checkpoint we resume from (they will be redone)."""
+    def _truncate_log(self, step: int, epoch_end_redone: bool = False) -> None:
+        """Drop log rows written after the checkpoint we resume from (they will be redone),
+        and with ``epoch_end_redone`` also the epoch and dev rows of its own step."""
         path = self.run_dir / "metrics.jsonl"
         if not path.is_file():
             return
@@ -242,7 +249,9 @@ class Trainer:
         rows = []
         for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
-                if json.loads(line)["step"] <= step:
+                row = json.loads(line)
+                if row["step"] < step or (row["step"] == step and (
+                        row["kind"] == "train" or not epoch_end_redone)):
                     rows.append(line)
             except (ValueError, KeyError, TypeError):
                 continue  # a line cut short by the interruption
@@ -364,6 +373,11 @@ class Trainer:
                 diagnostics = self.train_step(batch, epoch)
                 self.state.step += 1
                 self.state.batch += 1
+                if self.state.step % cfg.log_every == 0:  # logged before a stop or save
+                    values = distributed.mean_over_ranks(diagnostics)
+                    values["lr"] = self.scheduler.get_last_lr()[0]
+                    self.logger.log("train", self.state.step, epoch, values)
+                    bar.set_postfix(loss=f"{values['loss']:.4f}")
                 if self.nonfinite_in_a_row >= cfg.max_nonfinite_steps:
                     raise VsekitError(
                         f"the loss or gradient was not finite for {self.nonfinite_in_a_row} "
@@ -375,11 +389,6 @@ class Trainer:
                 if (cfg.checkpoint_every and self.state.step % cfg.checkpoint_every == 0
                         and not self.nonfinite_in_a_row):
                     self.save()
-                if self.state.step % cfg.log_every == 0:
-                    values = distributed.mean_over_ranks(diagnostics)
-                    values["lr"] = self.scheduler.get_last_lr()[0]
-                    self.logger.log("train", self.state.step, epoch, values)
-                    bar.set_postfix(loss=f"{values['loss']:.4f}")
                 if self._finished():
                     break
             bar.close()
