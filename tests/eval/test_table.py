@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 
-from vsekit.eval.table import COLUMNS, format_metrics, runs_table
+from vsekit.eval.table import COLUMNS, format_metrics, format_protocol, runs_table
 
 
 def metrics(base: float) -> dict[str, float]:
@@ -20,6 +20,28 @@ def test_format_metrics_layout() -> None:
     assert lines[2].split() == ["image→text", "10.0", "11.0", "12.0", "3", "9.5"]
     assert lines[3].split() == ["text→image", "13.0", "14.0", "15.0", "4", "12.2"]
     assert lines[4] == "rsum 16.0" and "complete relevance" not in text
+
+
+def test_format_protocol_layout() -> None:
+    row = metrics(10.0)
+    text = format_protocol(row, "coco-5k")
+    lines = text.splitlines()
+    assert lines[0] == "coco-5k" and lines[2].split() == ["R@1", "R@5", "R@10"] * 2 + ["rsum"]
+    assert lines[3].split() == ["10.0", "11.0", "12.0", "13.0", "14.0", "15.0", "16.0"]
+    assert lines[4] == "medr / meanr: image→text 3.0 / 9.5, text→image 4.0 / 12.2"
+    assert len(lines) == 5
+    for d in ("i2t", "t2i"):
+        row.update({f"eccv_{d}_map_at_r": 20.0, f"eccv_{d}_r_precision": 30.0,
+                    f"eccv_{d}_r1": 40.0, **{f"cxc_{d}_r{k}": 50.0 + k for k in (1, 5, 10)}})
+    row.update(eccv_map_at_r=21.0, eccv_r_precision=31.0, eccv_r1=41.0, cxc_rsum=348.0,
+               half_sample_queries=2000.0, half_rank_agreement=61.25, half_recall_agreement=99.5)
+    lines = format_protocol(row).splitlines()
+    assert lines[4].split() == ["ECCV", "Caption", "mAP@R", "R-P", "R@1"]
+    assert lines[5].split() == ["image→text", "20.0", "30.0", "40.0"]
+    assert lines[7].split() == ["mean", "21.0", "31.0", "41.0"]
+    assert lines[9].split() == ["image→text", "51.0", "55.0", "60.0"]
+    assert lines[11] == "  rsum 348.0"
+    assert lines[12].startswith("bfloat16 check: 99.50% of 2000 sampled queries")
 
 
 def test_runs_table_mean_and_sample_std() -> None:

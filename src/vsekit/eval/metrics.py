@@ -125,6 +125,19 @@ def _chunk_rows(chunk_size: int | None, n_cols: int) -> int:
     return int(chunk_size)
 
 
+def count_block(block: np.ndarray, row_thresholds: np.ndarray, col_thresholds: np.ndarray,
+                mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: #{entries > its row threshold}; per column: #{entries > its column threshold}.
+
+    ``block`` float [R, C]; thresholds [R] and [C] in its dtype; ``mask`` a bool [R, C] work
+    buffer. Returns int32 counts ([R], [C]).
+    """
+    np.greater(block, col_thresholds, out=mask)
+    col_counts = mask.view(np.uint8).sum(0, dtype=np.int32)
+    np.greater(block, row_thresholds[:, None], out=mask)
+    return mask.view(np.uint8).sum(1, dtype=np.int32), col_counts
+
+
 def _count_greater_numpy(scores: _Scores, row_thresholds: np.ndarray, col_thresholds: np.ndarray,
                          step: int) -> tuple[np.ndarray, np.ndarray, bool]:
     """CPU counting: worker threads pull row blocks from a queue, each with its own mask."""
@@ -143,12 +156,12 @@ def _count_greater_numpy(scores: _Scores, row_thresholds: np.ndarray, col_thresh
             except queue.Empty:
                 return col_counts, has_nan
             stop = min(start + step, scores.n_rows)
-            block, ahead = scores.block(start, stop), mask[: stop - start]
+            block = scores.block(start, stop)
             has_nan |= bool(np.isnan(block.max()))  # max propagates NaN
-            np.greater(block, col_thresholds, out=ahead)
-            col_counts += ahead.view(np.uint8).sum(0, dtype=np.int32)
-            np.greater(block, row_thresholds[start:stop, None], out=ahead)
-            row_counts[start:stop] = ahead.view(np.uint8).sum(1, dtype=np.int32)
+            rows, cols = count_block(block, row_thresholds[start:stop], col_thresholds,
+                                     mask[: stop - start])
+            row_counts[start:stop] = rows
+            col_counts += cols
 
     workers = min(torch.get_num_threads(), -(-scores.n_rows // step))
     with ThreadPoolExecutor(workers) as pool:
@@ -195,25 +208,27 @@ def _count_greater(scores: _Scores, row_thresholds: torch.Tensor, col_thresholds
     return row_counts, col_counts
 
 
-def _caption_map(caption_to_image: Sequence[int] | Matrix, scores: _Scores) -> torch.Tensor:
-    """Validated caption→image map as int64 [n_captions] on the scores' device."""
+def caption_map(caption_to_image: Sequence[int] | Matrix, n_images: int, n_captions: int,
+                device: torch.device | str = "cpu") -> torch.Tensor:
+    """Validated caption→image map as int64 [n_captions] on ``device`` (one image index in
+    0..n_images-1 per caption; :class:`VsekitError` otherwise)."""
     if not isinstance(caption_to_image, torch.Tensor):
         caption_to_image = np.asarray(caption_to_image)
     shape, dtype = tuple(caption_to_image.shape), caption_to_image.dtype
-    require(shape == (scores.n_cols,),
-            f"caption_to_image has shape {shape} but the similarity matrix has {scores.n_cols} "
+    require(shape == (n_captions,),
+            f"caption_to_image has shape {shape} but the similarity matrix has {n_captions} "
             f"captions (columns); pass one image index per caption")
     integer = (np.issubdtype(dtype, np.integer) if isinstance(dtype, np.dtype)
                else not (dtype.is_floating_point or dtype.is_complex or dtype == torch.bool))
     require(integer, f"caption_to_image has dtype {dtype}; pass integer image indices")
     if isinstance(caption_to_image, np.ndarray):
         caption_to_image = torch.from_numpy(caption_to_image.astype(np.int64))
-    mapping = caption_to_image.to(device=scores.device, dtype=torch.int64)
-    bad = torch.nonzero((mapping < 0) | (mapping >= scores.n_rows))
+    mapping = caption_to_image.to(device=device, dtype=torch.int64)
+    bad = torch.nonzero((mapping < 0) | (mapping >= n_images))
     if len(bad):
         j = int(bad[0])
         raise VsekitError(f"caption_to_image[{j}] = {int(mapping[j])} is outside the image range "
-                          f"0..{scores.n_rows - 1} of the similarity matrix; check that "
+                          f"0..{n_images - 1} of the similarity matrix; check that "
                           f"captions and images come from the same split")
     return mapping
 
@@ -235,7 +250,7 @@ def retrieval_ranks(sims: Matrix, caption_to_image: Sequence[int] | Matrix,
         :func:`metrics_from_ranks`).
     """
     scores = _Scores(sims)
-    mapping = _caption_map(caption_to_image, scores)
+    mapping = caption_map(caption_to_image, scores.n_rows, scores.n_cols, scores.device)
     with torch.no_grad():
         gt = scores.entries(mapping, torch.arange(scores.n_cols, device=scores.device))
         best = torch.full((scores.n_rows,), -math.inf, dtype=gt.dtype, device=scores.device)
