@@ -598,3 +598,36 @@ def test_bcls_bad_params_are_one_line_errors(params: dict) -> None:
 def test_bcls_registered_with_bcls_and_triplet_sn_names() -> None:
     assert isinstance(build("bcls"), BCLSLoss)
     assert isinstance(build("triplet_sn"), TripletSNLoss)
+
+
+def test_bcls_graded_labels_are_the_split_relevance_of_each_pair() -> None:
+    """label_encoder graded: the Kendall term ranks by the data's own graded relevance
+    (loop reference: label of pair a × pair b = graded[image of a, caption of b])."""
+    split = labelled_split()
+    rng = np.random.default_rng(3)
+    graded = rng.uniform(size=(6, len(split.captions))).astype(np.float32)
+    graded[split.caption_to_image, np.arange(len(split.captions))] = 1.0
+    split.graded_relevance = graded
+    batch = pairs_batch(split, CAPTIONS)
+    image, text = embeddings(11, len(CAPTIONS))
+    loss = build("bcls", label_encoder="graded", kendall_mode="all")
+    loss.bind(train_split=split)
+    assert "graded" not in loss.state_dict()
+    b = len(CAPTIONS)
+    labels = torch.tensor([[float(graded[batch.image_index[a], batch.caption_index[c]])
+                            for c in range(b)] for a in range(b)], dtype=torch.float64)
+    for a in range(b):
+        for c in range(b):
+            if batch.image_ids[a] == batch.image_ids[c]:
+                labels[a, c] = 1.0
+    sims = image @ text.T
+    kendall = (kendall_rank_loss(sims, labels, mode="all")
+               + kendall_rank_loss(sims.T, labels.T, mode="all")) / 2
+    expected = build("triplet_sn")(image, text, batch.image_ids).loss + kendall
+    torch.testing.assert_close(loss(image, text, batch.image_ids, batch=batch).loss, expected)
+
+
+def test_bcls_graded_labels_need_graded_relevance() -> None:
+    with pytest.raises(VsekitError, match="needs data with graded relevance") as exc:
+        build("bcls", label_encoder="graded").bind(train_split=labelled_split())
+    assert_one_line(exc)

@@ -27,6 +27,9 @@ def _labels(args: argparse.Namespace) -> int:
     config = load_config(recipe_path(args.config), args.set)
     loss = config.loss
     encoder = args.encoder or loss.get("label_encoder", "minilm")
+    if encoder == "graded":
+        raise VsekitError("loss.label_encoder graded reads the data's own graded relevance; "
+                          "there are no caption embeddings to build")
     cache_dir = args.cache_dir or loss.get("label_cache_dir")
     split = load_splits(config.data).get("train")
     if split is None:

@@ -411,8 +411,10 @@ class BCLSParams:
         surrogate_temperature: T of the tanh surrogate [unverified].
         base: ``"triplet_sn"`` or any other registered loss (``vsepp``, ``infonce``, ``fne``…).
         base_params: that loss's parameters (must be empty for ``triplet_sn``).
-        label_encoder: ``"minilm"`` (cached offline MiniLM embeddings of the train captions)
-            or ``"split_features"`` (the split's own caption features, e.g. Flickr8k's MiniLM).
+        label_encoder: ``"minilm"`` (cached offline MiniLM embeddings of the train captions),
+            ``"split_features"`` (the split's own caption features, e.g. Flickr8k's MiniLM), or
+            ``"graded"``: the data's true graded relevance as the labels (built-in synthetic
+            data only), an oracle that tests the Kendall loss apart from label quality.
         label_cache_dir: cache folder; null = ``~/.cache/vsekit/labels``.
         build_missing_labels: embed the captions when the cache is missing; false = error
             asking for ``vsekit labels build CONFIG``.
@@ -432,7 +434,7 @@ class BCLSParams:
     surrogate_temperature: float = 0.1
     base: str = "triplet_sn"
     base_params: dict = field(default_factory=dict)
-    label_encoder: Literal["minilm", "split_features"] = "minilm"
+    label_encoder: Literal["minilm", "split_features", "graded"] = "minilm"
     label_cache_dir: str | None = None
     build_missing_labels: bool = True
 
@@ -461,6 +463,12 @@ class BCLSParams:
         self.base_spec(where)
 
 
+def graded_labels(graded: torch.Tensor, images: torch.Tensor, captions: torch.Tensor
+                  ) -> torch.Tensor:
+    """Rows ``images`` [A] and columns ``captions`` [C] of a graded relevance [N_img, N_cap]."""
+    return graded[images][:, captions].float()
+
+
 @LOSSES.register("bcls", BCLSParams)
 class BCLSLoss(nn.Module):
     """BCLS: a base loss (Triplet-SN) plus λ × the Kendall rank loss on pseudo labels.
@@ -479,6 +487,7 @@ class BCLSLoss(nn.Module):
         self.register_buffer("table", torch.empty(0, 0, dtype=torch.long), persistent=False)
         self.register_buffer("table_valid", torch.empty(0, 0, dtype=torch.bool),
                              persistent=False)
+        self.register_buffer("graded", torch.empty(0, 0), persistent=False)
 
     def bind(self, *, train_split: Any, model: Any = None, config: Any = None,
              **context: Any) -> None:
@@ -488,6 +497,12 @@ class BCLSLoss(nn.Module):
         if self.params.lam == 0:
             return
         p = self.params
+        if p.label_encoder == "graded":
+            require(train_split.graded_relevance is not None,
+                    "loss.label_encoder graded needs data with graded relevance (the built-in "
+                    "synthetic scenes); use minilm or split_features")
+            self.graded = torch.from_numpy(train_split.graded_relevance).to(self.graded.device)
+            return
         if p.build_missing_labels:
             emb = load_or_build_cache(train_split, p.label_cache_dir, p.label_encoder)
         else:
@@ -514,13 +529,16 @@ class BCLSLoss(nn.Module):
         One process: one [B, B] label matrix (image of pair a × caption of pair b) and its
         transpose; under DDP the candidates' split rows are gathered from every rank.
         """
-        if self.caption_emb.numel() == 0:
+        if self.caption_emb.numel() == 0 and self.graded.numel() == 0:
             raise VsekitError("the bcls loss has no pseudo labels yet; call its bind(train_split"
                               "=...) before the first step (vsekit train does this)")
         same = pairs.same_image()
         image_index, caption_index = batch.image_index, batch.caption_index
-        labels = functools.partial(labels_from_table, self.caption_emb, self.table,
-                                   self.table_valid)
+        if self.graded.numel():
+            labels = functools.partial(graded_labels, self.graded)
+        else:
+            labels = functools.partial(labels_from_table, self.caption_emb, self.table,
+                                       self.table_valid)
         if pairs.shared:
             i2t = labels(image_index, caption_index).masked_fill(same, 1.0)
             return i2t, i2t.T
