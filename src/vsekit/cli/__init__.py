@@ -10,13 +10,13 @@ import sys
 from collections.abc import Sequence
 
 from vsekit import __version__
-from vsekit.cli import data, evaluate, train
+from vsekit.cli import data, evaluate, report, train
 from vsekit.cli.common import RECIPES, recipe_path
 from vsekit.errors import VsekitError
 
 __all__ = ["RECIPES", "build_parser", "main", "recipe_path"]
 
-COMMAND_MODULES = [train, evaluate, data]
+COMMAND_MODULES = [train, evaluate, data, report]
 
 
 def build_parser() -> argparse.ArgumentParser:
