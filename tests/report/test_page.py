@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.report.conftest import TINY
 from tests.test_cli import assert_one_line_error, run_cli
 from vsekit.report.plots import png_text
 from vsekit.report.run_plots import (
@@ -81,3 +82,15 @@ def test_eval_gallery_and_errors(tiny_runs: dict[str, Path], tmp_path: Path, cap
     (broken / "final_metrics.json").write_text("{not json")
     code, _, err = run_cli(["report", str(broken)], capsys)
     assert_one_line_error(code, err, "is damaged")
+
+
+def test_demo_ends_with_its_report(tmp_path: Path, capsys) -> None:
+    run_dir = tmp_path / "demo"
+    args = ["demo", "--run-dir", str(run_dir), "--no-progress"]
+    for override in TINY:
+        args += ["--set", override]
+    code, stdout, _ = run_cli(args, capsys)
+    assert code == 0
+    assert stdout.strip().splitlines()[-1] == f"report: {run_dir / 'report.html'}"
+    page = (run_dir / "report.html").read_text(encoding="utf-8")
+    assert f"{metrics_of(run_dir)['rsum']:.1f}" in page and "Retrieval gallery" in page

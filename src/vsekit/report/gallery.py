@@ -137,11 +137,12 @@ def _mark(truth: bool, relevant: bool) -> tuple[str, str]:
     return "", ""
 
 
-def _picture_html(picture: Picture, row: int, split: RetrievalSplit) -> str:
+def _picture_html(picture: Picture, row: int, split: RetrievalSplit, role: str) -> str:
+    """The thumbnail of image ``row`` (alt text: ``role`` and the image id), or a grey box."""
     thumb = picture(row)
     if thumb is None:
         return f'<div class="noimg">no picture<br>{esc(split.image_ids[row])}</div>'
-    return img(thumb[0], thumb[1], f"image {split.image_ids[row]}")
+    return img(thumb[0], thumb[1], f"{role}: image {split.image_ids[row]}")
 
 
 def _query_html(what: str, hits: list[str], truth_rank: int, k: int) -> str:
@@ -185,7 +186,9 @@ def gallery_html(split: RetrievalSplit, image_emb: torch.Tensor, text_emb: torch
     t2i = rank_queries(sims.T[captions], truth.T[captions],
                        None if rel is None else rel.T[captions], k)
     for q, caption in enumerate(captions):
-        hits = [_hit_html(_picture_html(picture, int(i), split), r + 1, s, t, v)
+        hits = [_hit_html(_picture_html(picture, int(i), split,
+                                        f"result {r + 1}{' (ground truth)' if t else ''}"),
+                          r + 1, s, t, v)
                 for r, (i, s, t, v) in enumerate(zip(t2i.index[q], t2i.score[q], t2i.truth[q],
                                                      t2i.relevant[q], strict=True))]
         what = f"<strong>“{esc(split.captions[caption])}”</strong>"
@@ -196,7 +199,7 @@ def gallery_html(split: RetrievalSplit, image_emb: torch.Tensor, text_emb: torch
         hits = [_hit_html(f"“{esc(split.captions[j])}”<br>", r + 1, s, t, v)
                 for r, (j, s, t, v) in enumerate(zip(i2t.index[q], i2t.score[q], i2t.truth[q],
                                                      i2t.relevant[q], strict=True))]
-        parts.append(_query_html(_picture_html(picture, int(image), split), hits,
+        parts.append(_query_html(_picture_html(picture, int(image), split, "query"), hits,
                                  int(i2t.truth_rank[q]), k))
     return "\n".join(parts)
 

@@ -41,6 +41,7 @@ STYLE = {
     "savefig.dpi": 100,
 }
 WIDTH = 10.0  # inches at 100 dpi: 1000 px
+LOG_SPAN = 30.0  # a loss axis spanning more than this factor is drawn on a log scale
 POSTERIOR_RANGE = (1e-6, 1.5)  # y range of posterior curves (log scale: R makes p(s) tiny)
 
 
@@ -141,6 +142,9 @@ def training_curves(runs: Sequence[RunRecord]) -> Plot:
             if len(lr):
                 lr_ax.plot(steps, lr, color=colour, label=run.name)
         loss_ax.set(title="training loss", xlabel="step", ylabel="loss")
+        low, high = loss_ax.dataLim.y0, loss_ax.dataLim.y1
+        if low > 0 and high / low > LOG_SPAN:  # e.g. a sum-of-hinges warm-up, then max violation
+            loss_ax.set(yscale="log", ylabel="loss (log scale)")
         rsum_ax.set(title="dev rsum (sum of six R@K)", xlabel="epoch", ylabel="rsum")
         rsum_ax.xaxis.get_major_locator().set_params(integer=True)
         lr_ax.set(title="learning rate", xlabel="step", ylabel="lr")
