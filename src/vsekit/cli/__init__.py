@@ -10,13 +10,13 @@ import sys
 from collections.abc import Sequence
 
 from vsekit import __version__
-from vsekit.cli import data, evaluate, search, train
+from vsekit.cli import data, evaluate, report, search, train
 from vsekit.cli.common import RECIPES, recipe_path
 from vsekit.errors import VsekitError
 
 __all__ = ["RECIPES", "build_parser", "main", "recipe_path"]
 
-COMMAND_MODULES = [train, evaluate, data, search]
+COMMAND_MODULES = [train, evaluate, data, search, report]
 
 
 def build_parser() -> argparse.ArgumentParser:

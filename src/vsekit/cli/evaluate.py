@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from vsekit.errors import VsekitError
@@ -30,6 +31,12 @@ def _eval(args: argparse.Namespace) -> int:
         print(format_protocol(result.metrics, f"{args.split} split, protocol {args.protocol} "
                                               f"({args.checkpoint} checkpoint{what})"))
         print(f"written to {path}")
+    if args.gallery:
+        from vsekit.report.page import write_gallery
+
+        out = write_gallery(Path(args.run_dir), Path(args.gallery), split=args.split,
+                            checkpoint=args.checkpoint)
+        print(f"gallery: {out}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
@@ -88,6 +95,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also nDCG / Kendall tau against pseudo-label relevance from this "
                         "sentence encoder (a proxy for semantic relevance)")
     p.add_argument("--label-cache-dir", help="cache folder for --pseudo-labels minilm")
+    p.add_argument("--gallery", metavar="HTML",
+                   help="also write a retrieval gallery of this split (top results of sampled "
+                        "queries, ground truth marked) to this HTML file")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_eval)
 

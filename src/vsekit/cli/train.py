@@ -114,12 +114,16 @@ def _launch_torchrun(nproc: int, arguments: list[str]) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from vsekit.report.page import write_report
+
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_dir = args.run_dir or f"runs/demo-{stamp}"
     overrides = [f"run_dir={run_dir}", *args.set]
     ns = argparse.Namespace(config="demo", set=overrides, run_dir=run_dir, resume=None,
                             no_progress=args.no_progress)
-    return _train(ns)
+    code = _train(ns)
+    print(f"report: {write_report([Path(run_dir)])}")
+    return code
 
 
 def _recipes(args: argparse.Namespace) -> int:
