@@ -85,3 +85,9 @@ def test_paper_recipe_trains_end_to_end_with_small_stand_in_weights(tmp_path, ca
     out = capsys.readouterr().out
     assert code == 0, out
     assert "rsum" in out and (run / "final_metrics.json").is_file()
+
+
+def test_a_folder_named_like_a_recipe_does_not_hide_it(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").mkdir()
+    assert recipe_path("demo") == RECIPES / "demo.yaml"

@@ -12,7 +12,7 @@ RECIPES = Path(__file__).resolve().parent.parent / "configs"
 def recipe_path(name_or_path: str) -> Path:
     """A YAML path as given, or the name of a built-in recipe (``demo``, ``flickr8k_vsepp``)."""
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    if path.suffix in (".yaml", ".yml") or path.is_file():
         return path
     builtin = RECIPES / f"{name_or_path}.yaml"
     if builtin.is_file():

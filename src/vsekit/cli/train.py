@@ -22,6 +22,7 @@ def _train(args: argparse.Namespace) -> int:
     from vsekit import distributed
     from vsekit.config import load_config
     from vsekit.eval.table import format_metrics
+    from vsekit.report.run_plots import write_run_plots
     from vsekit.train.run_dir import load_run_config
     from vsekit.train.trainer import train
 
@@ -52,6 +53,9 @@ def _train(args: argparse.Namespace) -> int:
         best = (f", best dev epoch {result['best_epoch'] + 1}" if result["best_epoch"] >= 0
                 else " (no dev split: last weights)")
         print(format_metrics(result["metrics"], f"{result['split']} split{best}"))
+    plots = write_run_plots(run_dir)
+    if plots.files:
+        print(f"figures: {', '.join(path.name for path in plots.files)}")
     print(f"run directory: {run_dir}")
     return 0
 
