@@ -143,7 +143,7 @@ def training_curves(runs: Sequence[RunRecord]) -> Plot:
                 lr_ax.plot(steps, lr, color=colour, label=run.name)
         loss_ax.set(title="training loss", xlabel="step", ylabel="loss")
         low, high = loss_ax.dataLim.y0, loss_ax.dataLim.y1
-        if low > 0 and high / low > LOG_SPAN:  # e.g. a sum-of-hinges warm-up, then max violation
+        if np.isfinite([low, high]).all() and low > 0 and high / low > LOG_SPAN:  # e.g. warm-up
             loss_ax.set(yscale="log", ylabel="loss (log scale)")
         rsum_ax.set(title="dev rsum (sum of six R@K)", xlabel="epoch", ylabel="rsum")
         rsum_ax.xaxis.get_major_locator().set_params(integer=True)
