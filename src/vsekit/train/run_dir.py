@@ -74,8 +74,24 @@ def prepare_run_dir(config: Config, run_dir: Path) -> None:
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(run_dir / CONFIG_FILE,
-                       yaml.safe_dump(config.to_dict(), sort_keys=False).encode())
+                       yaml.safe_dump(with_absolute_data_paths(config.to_dict()),
+                                      sort_keys=False).encode())
     write_json(run_dir / "environment.json", environment(config.seed))
+
+
+DATA_PATH_KEYS = ("root", "image_root")
+
+
+def with_absolute_data_paths(config: dict) -> dict:
+    """``config`` with relative ``data.root`` / ``data.image_root`` made absolute (against the
+    working folder of the run), so ``vsekit eval``, ``report`` and ``--resume`` find the data
+    from any folder."""
+    data = dict(config.get("data") or {})
+    for key in DATA_PATH_KEYS:
+        value = data.get(key)
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+            data[key] = str(Path(value).expanduser().resolve())
+    return {**config, "data": data}
 
 
 def load_run_config(run_dir: Path) -> Config:
