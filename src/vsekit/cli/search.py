@@ -4,25 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
-
-
-def _quiet_transformers() -> None:
-    """No "Loading weights" bars from transformers (read at its import, or set after it)."""
-    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-    if "transformers" in sys.modules:
-        from transformers.utils import logging
-
-        logging.disable_progress_bar()
 
 
 def _build(args: argparse.Namespace) -> int:
     from vsekit.search.index import IndexSpec
     from vsekit.search.run import build_run_index
 
-    if args.no_progress:
-        _quiet_transformers()
     spec = IndexSpec(kind=args.kind, nlist=args.nlist, nprobe=args.nprobe, hnsw_m=args.hnsw_m,
                      ef_construction=args.ef_construction, ef_search=args.ef_search)
     index = build_run_index(args.run_dir, args.out, images=args.images, captions=args.captions,
@@ -41,11 +28,9 @@ def _build(args: argparse.Namespace) -> int:
 def _search(args: argparse.Namespace) -> int:
     from vsekit.search.run import format_results, search_run_index
 
-    if args.no_progress:
-        _quiet_transformers()
     result = search_run_index(args.index, args.query, args.k, run_dir=args.run,
                               nprobe=args.nprobe, ef_search=args.ef_search,
-                              progress=not args.no_progress)
+                              progress=args.progress)
     if args.json:
         print(json.dumps(result, indent=2, ensure_ascii=False))
     else:
@@ -94,5 +79,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="embed the query with this run instead of the recorded one (moved run)")
     p.add_argument("--nprobe", type=int, help="ivf: cells visited (default: as built)")
     p.add_argument("--ef-search", type=int, help="hnsw: candidate list (default: as built)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--progress", action="store_true",
+                   help="progress bars while the query is embedded (off: one query is quick)")
     p.set_defaults(func=_search)
