@@ -131,6 +131,7 @@ def test_ctrl_c_checkpoints_and_resume_finishes(tmp_path: Path) -> None:
 
     trainer = Trainer(config_from_dict(tiny_config()), tmp_path / "run")
     real_step = trainer.train_step
+    handler_before = signal.getsignal(signal.SIGINT)  # SIG_IGN in a background job
 
     def step_then_interrupt(batch, epoch):
         out = real_step(batch, epoch)
@@ -143,7 +144,7 @@ def test_ctrl_c_checkpoints_and_resume_finishes(tmp_path: Path) -> None:
         trainer.fit()
     path, state = ckpt.latest_good_checkpoint(tmp_path / "run" / "checkpoints")
     assert path.name == "step-3.pt" and state["progress"]["batch"] == 3
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is handler_before  # the trainer put it back
     result = Trainer(config_from_dict(tiny_config()), tmp_path / "run", resume=True).fit()
     assert result["steps"] == 14
 
