@@ -16,6 +16,7 @@ floats is refused before anything is written.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
@@ -52,34 +53,34 @@ def _named(exc: OSError, path: Path) -> OSError:
     return exc
 
 
-def _write_temp(path: Path, data: bytes) -> Path:
-    """``data`` in a fsynced temporary file beside ``path``; nothing is left on failure."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+@contextlib.contextmanager
+def _removed_on_failure(tmp: Path, path: Path) -> Iterator[None]:
+    """Delete ``tmp`` when the block fails; an OS error is re-raised naming ``path``."""
     try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        yield
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise _named(exc, path) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _write_temp(path: Path, data: bytes) -> Path:
+    """``data`` in a fsynced temporary file beside ``path``; nothing is left on failure."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with _removed_on_failure(tmp, path), open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
     return tmp
 
 
 def _replace(tmp: Path, path: Path) -> None:
     """Rename the temporary file ``tmp`` over ``path`` (atomic: done or not at all)."""
-    try:
+    with _removed_on_failure(tmp, path):
         os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise _named(exc, path) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _sync_folder(path: Path) -> None:
