@@ -16,7 +16,6 @@ from vsekit.cli import main
 from vsekit.config import load_config
 from vsekit.train.trainer import Trainer
 
-CORPUS = Path(__file__).resolve().parent / "corpus"
 DEMO = Path(__file__).resolve().parents[2] / "src" / "vsekit" / "configs" / "demo.yaml"
 
 #: ``--set`` values that make a run of the ``demo`` recipe tiny: 40 synthetic train images × 2

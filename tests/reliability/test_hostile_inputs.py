@@ -1,7 +1,7 @@
 """Hostile inputs through the real CLI: each gives exit code 2, one ``error:`` line naming the
 problem, no traceback, and leaves every file it could have touched as it was.
 
-Three sources: the checked-in corpus (``corpus/``, one bad file swapped into a valid
+Three sources: the corpus (``corpus_files.py`` writes it, one bad file swapped into a valid
 miniature dataset, or a whole bad config), out-of-range ``--set`` values, and damaged run
 directories, checkpoints, caches and image folders made from a real tiny run.
 """
@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.reliability.corpus_files import write_corpus
 from tests.reliability.helpers import (
-    CORPUS,
     TEMPLATES,
     TINY_SETS,
     assert_one_line_error,
@@ -28,7 +28,7 @@ from tests.reliability.helpers import (
 )
 from vsekit.data import load_splits
 
-# ---- the checked-in corpus: file → a fragment the one-line error must contain -------------
+# ---- the corpus (corpus_files.py): file → a fragment the one-line error must contain -------------
 
 CORPUS_CASES = {
     "config/bad_choice.yaml": "train.amp: 'maybe' is not one of",
@@ -198,13 +198,15 @@ SET_CASES = {
 }
 
 
-def corpus_files() -> list[str]:
-    return sorted(str(p.relative_to(CORPUS)) for p in CORPUS.rglob("*")
-                  if p.is_file() and p.suffix != ".py")
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The hostile-input corpus, written once for this module."""
+    return write_corpus(tmp_path_factory.mktemp("corpus"))
 
 
-def test_every_corpus_file_has_a_case() -> None:
-    assert corpus_files() == sorted(CORPUS_CASES)
+def test_every_corpus_file_has_a_case(corpus: Path) -> None:
+    files = sorted(str(p.relative_to(corpus)) for p in corpus.rglob("*") if p.is_file())
+    assert files == sorted(CORPUS_CASES)
 
 
 @pytest.mark.parametrize("folder", sorted(TEMPLATES))
@@ -215,9 +217,9 @@ def test_templates_are_valid(tmp_path: Path, folder: str) -> None:
     assert "train" in splits and all(s.n_captions == 2 * s.n_images for s in splits.values())
 
 
-def corpus_args(name: str, tmp_path: Path) -> list[str]:
+def corpus_args(corpus: Path, name: str, tmp_path: Path) -> list[str]:
     """CLI arguments of corpus case ``name``; data cases get their template built first."""
-    source = CORPUS / name
+    source = corpus / name
     folder = name.split("/")[0]
     if folder == "config":
         return ["train", str(source)]
@@ -229,10 +231,10 @@ def corpus_args(name: str, tmp_path: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("name", sorted(CORPUS_CASES))
-def test_corpus_file_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+def test_corpus_file_is_refused(corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                 capsys: pytest.CaptureFixture, name: str) -> None:
     monkeypatch.chdir(tmp_path)
-    args = corpus_args(name, tmp_path) + ["--run-dir", str(tmp_path / "out"), "--no-progress"]
+    args = corpus_args(corpus, name, tmp_path) + ["--run-dir", str(tmp_path / "out"), "--no-progress"]
     before = tree(tmp_path)
     line = assert_one_line_error(*run_cli(args, capsys)[::2], CORPUS_CASES[name])
     if name in NOT_AN_IMAGE:

@@ -1,4 +1,5 @@
-"""Regenerate the hostile-input corpus beside this file: ``python make_corpus.py``.
+"""The hostile-input corpus, generated at test time (:func:`write_corpus`) rather than
+checked in.
 
 Every file is one bad input. Its name is ``CASE__TARGET``: the test copies it to TARGET
 (``__`` stands for ``/``) inside a valid miniature dataset of its format folder (built by
@@ -13,8 +14,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-
-HERE = Path(__file__).resolve().parent
 
 
 def npy(array: np.ndarray) -> bytes:
@@ -212,21 +211,13 @@ CONFIGS = {
 }
 
 
-def write(folder: str, files: dict[str, bytes | str]) -> None:
-    (HERE / folder).mkdir(exist_ok=True)
-    for name, data in files.items():
-        payload = data.encode() if isinstance(data, str) else data
-        (HERE / folder / name).write_bytes(payload)
-
-
-def main() -> None:
-    write("precomp", precomp())
-    write("flickr8k_csv", flickr8k_csv())
-    write("karpathy", karpathy())
-    write("albef", albef())
-    write("flickr8k", flickr8k())
-    write("config", {**CONFIGS, "invalid_utf8.yaml": b"train: {lr: 0.1}\n# caf\xe9\n"})
-
-
-if __name__ == "__main__":
-    main()
+def write_corpus(root: Path) -> Path:
+    """Write every corpus file under ``root`` (``FORMAT/CASE__TARGET``); returns ``root``."""
+    folders = {"precomp": precomp(), "flickr8k_csv": flickr8k_csv(), "karpathy": karpathy(),
+               "albef": albef(), "flickr8k": flickr8k(),
+               "config": {**CONFIGS, "invalid_utf8.yaml": b"train: {lr: 0.1}\n# caf\xe9\n"}}
+    for folder, files in folders.items():
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        for name, data in files.items():
+            (root / folder / name).write_bytes(data.encode() if isinstance(data, str) else data)
+    return root
