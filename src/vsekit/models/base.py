@@ -41,6 +41,22 @@ class ModelContext:
     train_captions: list[str] | None = None
 
 
+class FreezableBackbone(nn.Module):
+    """Mixin for encoders with a pretrained ``self.backbone`` and ``self.params.freeze``: a
+    frozen backbone stays in eval mode when the encoder trains, and runs without autograd."""
+
+    def train(self, mode: bool = True) -> FreezableBackbone:
+        """Like ``nn.Module.train``, but a frozen backbone stays in eval mode."""
+        super().train(mode)
+        if self.params.freeze:
+            self.backbone.eval()
+        return self
+
+    def backbone_grad(self) -> torch.autograd.grad_mode.set_grad_enabled:
+        """Context for calling the backbone: no autograd when it is frozen."""
+        return torch.set_grad_enabled(torch.is_grad_enabled() and not self.params.freeze)
+
+
 class ImageEncoder(nn.Module):
     """Base class: ``prepare`` loads a batch input, ``forward`` maps it to [B, D]."""
 

@@ -22,7 +22,7 @@ from vsekit.data.dataset import ImageStore
 from vsekit.data.images import HALF_MEAN_STD, IMAGENET_MEAN, IMAGENET_STD, load_image, transform
 from vsekit.data.randaugment import PILAugment
 from vsekit.errors import VsekitError
-from vsekit.models.base import IMAGE_ENCODERS, ImageEncoder, ModelContext
+from vsekit.models.base import IMAGE_ENCODERS, FreezableBackbone, ImageEncoder, ModelContext
 from vsekit.models.efficientnet import FEATURE_DIM, pretrained_efficientnet_lite0
 from vsekit.models.features import gather_rows
 from vsekit.models.pooling import GPO, ProjectionHead
@@ -238,7 +238,7 @@ class EfficientNetParams:
 
 
 @IMAGE_ENCODERS.register("efficientnet_lite0", EfficientNetParams)
-class EfficientNetEncoder(ImageEncoder):
+class EfficientNetEncoder(FreezableBackbone, ImageEncoder):
     """Images [B, 3, S, S] (ImageNet-normalised) → backbone [B, 1280] → [B, embed_dim].
 
     Augmentation draws from ``self.generator`` (seed 0).
@@ -254,18 +254,11 @@ class EfficientNetEncoder(ImageEncoder):
         self.head = ProjectionHead(FEATURE_DIM, context.embed_dim, params.hidden)
         self.generator = torch.Generator().manual_seed(0)
 
-    def train(self, mode: bool = True) -> EfficientNetEncoder:
-        """Like ``nn.Module.train``, but a frozen backbone stays in eval mode."""
-        super().train(mode)
-        if self.params.freeze:
-            self.backbone.eval()
-        return self
-
     def prepare(self, store: ImageStore, index: np.ndarray, train: bool) -> torch.Tensor:
         return pixel_batch(store, index, self.params.image_size, IMAGENET_MEAN, IMAGENET_STD,
                            train and self.params.augment, self.generator, self.params.crop_scale)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.params.freeze):
+        with self.backbone_grad():
             features = self.backbone.features(images)
         return self.head(features)

@@ -22,7 +22,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from vsekit.data.dataset import RetrievalSplit
 from vsekit.data.text import PAD_ID, Vocabulary, clean_caption_fne
 from vsekit.errors import VsekitError
-from vsekit.models.base import TEXT_ENCODERS, ModelContext, TextEncoder
+from vsekit.models.base import TEXT_ENCODERS, FreezableBackbone, ModelContext, TextEncoder
 from vsekit.models.features import gather_rows
 from vsekit.models.image import check_positive
 from vsekit.models.pooling import ProjectionHead, length_mask, masked_mean
@@ -191,7 +191,7 @@ def freeze_lower_layers(backbone: nn.Module, train_layers: int) -> None:
 
 
 @TEXT_ENCODERS.register("hf", HFParams)
-class HFEncoder(TextEncoder):
+class HFEncoder(FreezableBackbone, TextEncoder):
     """input_ids / attention_mask [B, L] → transformer → pooling → [B, embed_dim]."""
 
     def __init__(self, params: HFParams, context: ModelContext) -> None:
@@ -218,13 +218,6 @@ class HFEncoder(TextEncoder):
         self.head = nn.Linear(hidden, context.embed_dim) if params.project else None
         self.train()
 
-    def train(self, mode: bool = True) -> HFEncoder:
-        """Like ``nn.Module.train``, but a frozen backbone stays in eval mode."""
-        super().train(mode)
-        if self.params.freeze:
-            self.backbone.eval()
-        return self
-
     def prepare(self, split: RetrievalSplit, caption_index: np.ndarray) -> dict[str, torch.Tensor]:
         captions = [split.captions[i].strip() for i in caption_index]
         if self.params.clean == "fne":
@@ -236,7 +229,7 @@ class HFEncoder(TextEncoder):
         return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.params.freeze):
+        with self.backbone_grad():
             hidden = self.backbone(input_ids=input_ids,
                                    attention_mask=attention_mask).last_hidden_state
         if self.params.pooling == "mean":

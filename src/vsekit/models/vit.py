@@ -19,7 +19,7 @@ from vsekit.data.dataset import ImageStore
 from vsekit.data.images import HALF_MEAN_STD, IMAGENET_MEAN, IMAGENET_STD
 from vsekit.data.randaugment import RandAugment
 from vsekit.errors import VsekitError
-from vsekit.models.base import IMAGE_ENCODERS, ImageEncoder, ModelContext
+from vsekit.models.base import IMAGE_ENCODERS, FreezableBackbone, ImageEncoder, ModelContext
 from vsekit.models.image import check_positive, pixel_batch, require_kind
 from vsekit.models.text import resolve_model_path
 
@@ -67,7 +67,7 @@ class ViTParams:
 
 
 @IMAGE_ENCODERS.register("hf_vit", ViTParams)
-class ViTEncoder(ImageEncoder):
+class ViTEncoder(FreezableBackbone, ImageEncoder):
     """Images [B, 3, S, S] → ViT → token pooling → [B, embed_dim].
 
     Augmentation draws from ``self.generator`` (seed 0; the loader reseeds it per batch).
@@ -104,13 +104,6 @@ class ViTEncoder(ImageEncoder):
                             if params.randaugment_ops else None)
         self.train()
 
-    def train(self, mode: bool = True) -> ViTEncoder:
-        """Like ``nn.Module.train``, but a frozen backbone stays in eval mode."""
-        super().train(mode)
-        if self.params.freeze:
-            self.backbone.eval()
-        return self
-
     def prepare(self, store: ImageStore, index: np.ndarray, train: bool) -> torch.Tensor:
         mean, std = NORMALISATIONS[self.params.normalize]
         return pixel_batch(store, index, self.params.image_size, mean, std,
@@ -118,7 +111,7 @@ class ViTEncoder(ImageEncoder):
                            self.randaugment)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.params.freeze):
+        with self.backbone_grad():
             tokens = self.backbone(pixel_values=images).last_hidden_state
         pooled = tokens.mean(1) if self.params.pooling == "mean" else tokens[:, 0]
         return pooled if self.head is None else self.head(pooled)
