@@ -65,14 +65,18 @@ def read_nonblank_lines(path: Path, what: str) -> list[str]:
     return lines
 
 
-def load_float_array(path: Path, ndims: tuple[int, ...]) -> np.ndarray:
-    """Memory-map a float ``.npy`` array of rank in ``ndims``; corrupt files name the fix."""
+def read_head(path: Path, size: int, name: str, fix: str) -> bytes:
+    """The first ``size`` bytes of ``path``; an unreadable file → one line naming it and the fix."""
     try:
         with open(path, "rb") as handle:
-            head = handle.read(8)
+            return handle.read(size)
     except OSError as exc:
-        raise VsekitError(f"cannot read {path} ({exc.strerror}); check the path and its "
-                          "permissions") from None
+        raise VsekitError(f"cannot read {name} ({exc.strerror}); {fix}") from None
+
+
+def load_float_array(path: Path, ndims: tuple[int, ...]) -> np.ndarray:
+    """Memory-map a float ``.npy`` array of rank in ``ndims``; corrupt files name the fix."""
+    head = read_head(path, 8, str(path), "check the path and its permissions")
     if not head.startswith((_NPY_MAGIC, _ZIP_MAGIC)):
         what = "is empty" if not head else f"starts with {head!r}"
         raise VsekitError(f"{path} is not a .npy file (it {what}); save the array with "
@@ -175,12 +179,7 @@ def require_images_exist(files: list[Path], source: str, check_format: bool = Tr
     if not check_format:
         return
     for path in files:
-        try:
-            with open(path, "rb") as handle:
-                head = handle.read(12)
-        except OSError as exc:
-            raise VsekitError(f"cannot read image file {path} ({exc.strerror}); check its "
-                              "permissions") from None
+        head = read_head(path, 12, f"image file {path}", "check its permissions")
         if image_format(head) is None:
             what = "is empty" if not head else f"starts with {head[:8]!r}"
             raise VsekitError(f"{path} (listed in {source}) is not an image file (it {what}); "
