@@ -466,7 +466,7 @@ class BCLSParams:
 def graded_labels(graded: torch.Tensor, images: torch.Tensor, captions: torch.Tensor
                   ) -> torch.Tensor:
     """Rows ``images`` [A] and columns ``captions`` [C] of a graded relevance [N_img, N_cap]."""
-    return graded[images][:, captions].float()
+    return graded[images[:, None], captions[None, :]].float()  # no [A, N_cap] intermediate
 
 
 @LOSSES.register("bcls", BCLSParams)
