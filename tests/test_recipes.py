@@ -91,3 +91,23 @@ def test_a_folder_named_like_a_recipe_does_not_hide_it(tmp_path, monkeypatch) ->
     monkeypatch.chdir(tmp_path)
     (tmp_path / "demo").mkdir()
     assert recipe_path("demo") == RECIPES / "demo.yaml"
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_flickr8k_vsepp_recipe_beats_the_linear_probe_on_every_recall(flickr8k_dir, tmp_path,
+                                                                      capsys) -> None:
+    """Issue 4's real-data target, run as shipped: the frozen-feature VSE++ recipe beats each
+    R@K of the pack's linear probe (probe_metrics.json) in both directions on the 1K test."""
+    import json
+
+    probe = json.loads((flickr8k_dir / "probe_metrics.json").read_text(encoding="utf-8"))
+    probe = probe["flickr8k_1k_test_linear_probe"]
+    run = tmp_path / "run"
+    code = main(["train", "flickr8k_vsepp", "--run-dir", str(run), "--no-progress",
+                 "--set", f"data.root={flickr8k_dir}"])
+    assert code == 0, capsys.readouterr().err
+    ours = json.loads((run / "final_metrics.json").read_text(encoding="utf-8"))["metrics"]
+    for direction in ("i2t", "t2i"):
+        for k in (1, 5, 10):
+            assert ours[f"{direction}_r{k}"] > probe[direction][f"R@{k}"], (direction, k, ours)

@@ -88,6 +88,7 @@ def test_projection_rejects_nan_batches_and_other_kinds():
 
 @pytest.mark.parametrize("section, match", [
     ({"type": "projection", "hidden": 0}, "hidden must be positive"),
+    ({"type": "projection", "dropout": 1.0}, r"dropout must be in \[0, 1\)"),
     ({"type": "projection", "region_pool": "sum"}, "not one of"),
     ({"type": "projection", "hiden": 3}, "did you mean 'hidden'"),
     ({"type": "gpo", "d_pe": 7}, "d_pe must be even"),

@@ -176,3 +176,23 @@ def test_head_treats_leading_dims_as_batch():
     flat = head(x.reshape(10, 3))
     assert out.shape == (2, 5, 2)
     torch.testing.assert_close(out.reshape(10, 2), flat)
+
+
+@torch.no_grad()
+def test_head_dropout_zeroes_and_rescales_inputs_in_training_only():
+    head = ProjectionHead(6, 2, dropout=0.5)
+    x = torch.randn(40, 6)
+    head.train()
+    torch.manual_seed(3)
+    out = head(x)
+    torch.manual_seed(3)
+    scale = head.dropout(torch.ones_like(x))  # the same draws: 0 (dropped) or 1 / (1 - p)
+    assert set(scale.unique().tolist()) == {0.0, 2.0}
+    lin = head.linear
+    for i in range(40):
+        kept = [float(x[i, k]) * float(scale[i, k]) for k in range(6)]
+        for j in range(2):
+            expected = sum(float(lin.weight[j, k]) * kept[k] for k in range(6)) + float(lin.bias[j])
+            assert math.isclose(float(out[i, j]), expected, abs_tol=1e-5)
+    head.eval()
+    torch.testing.assert_close(head(x), lin(x))

@@ -135,6 +135,8 @@ def test_bigru_min_count_maps_rare_words_to_unk():
     ({"type": "hf", "model": "bert-base-uncased"}, "offline"),
     ({"type": "hf", "pooling": "max"}, "not one of"),
     ({"type": "precomputed", "hidden": -2}, "hidden must be positive"),
+    ({"type": "precomputed", "dropout": -0.1}, r"dropout must be in \[0, 1\)"),
+    ({"type": "hf", "length_buckets": 0}, "length_buckets must be positive"),
 ])
 def test_bad_params_are_one_line_errors(section, match):
     with pytest.raises(VsekitError, match=match):
@@ -187,6 +189,29 @@ def test_minilm_pooling_modes_against_loops(minilm_raw):
                                    rtol=1e-4)
         torch.testing.assert_close(cls[b], hidden[b, 0])
     assert not torch.allclose(mean[1], with_padding[1])
+
+
+@pytest.mark.parametrize("buckets", [2, 3, 4, 50])
+@pytest.mark.parametrize("pooling", ["mean", "cls", "mean_with_padding"])
+def test_length_buckets_give_the_embeddings_of_one_padded_batch(minilm_raw, buckets, pooling):
+    captions = [c * (1 + i % 3) for i, c in enumerate(CAPTIONS * 2)]
+    text = minilm_raw.prepare(make_split(captions), np.arange(len(captions)))
+    mask = text["attention_mask"]
+    assert len(set(mask.sum(1).tolist())) > 2  # captions of several lengths
+    minilm_raw.params.pooling = pooling
+    try:
+        with torch.no_grad():
+            minilm_raw.params.length_buckets = 1
+            hidden = minilm_raw.backbone(**text).last_hidden_state
+            reference = [hidden[b, 0] if pooling == "cls" else
+                         hidden[b].mean(0) if pooling == "mean_with_padding" else
+                         hidden[b, mask[b].bool()].mean(0) for b in range(len(captions))]
+            minilm_raw.params.length_buckets = buckets
+            bucketed = minilm_raw(**text)
+    finally:
+        minilm_raw.params.pooling, minilm_raw.params.length_buckets = "mean", 4
+    for b, expected in enumerate(reference):
+        torch.testing.assert_close(bucketed[b], expected, atol=1e-5, rtol=1e-4)
 
 
 def test_minilm_frozen_stays_in_eval_and_gets_no_grad(minilm_raw):

@@ -42,6 +42,13 @@ def check_positive(where: str, **values: int | float | None) -> None:
             raise VsekitError(f"{where}.{name} must be positive, got {value}")
 
 
+def check_probability(where: str, **values: float) -> None:
+    """VsekitError naming the first value outside [0, 1)."""
+    for name, value in values.items():
+        if not 0 <= value < 1:
+            raise VsekitError(f"{where}.{name} must be in [0, 1), got {value}")
+
+
 def feature_batch(store: ImageStore, index: np.ndarray, encoder: str) -> torch.Tensor:
     """float32 rows ``index`` of a feature store; other store kinds → VsekitError."""
     if store.kind != "features":
@@ -76,16 +83,19 @@ class ProjectionParams:
     """Head on precomputed features (VSE++ / VSE∞ precomputed baselines).
 
     ``hidden``: add a residual MLP with this width (None: linear only). ``standardize``:
-    standardise input dimensions with running batch statistics. ``region_pool``: how region
-    features [R, D_in] are pooled, after the head ("mean" or "max").
+    standardise input dimensions with running batch statistics. ``dropout``: probability of
+    dropping an input feature in training. ``region_pool``: how region features [R, D_in] are
+    pooled, after the head ("mean" or "max").
     """
 
     hidden: int | None = None
     standardize: bool = True
+    dropout: float = 0.0
     region_pool: Literal["mean", "max"] = "mean"
 
     def validate(self, where: str) -> None:
         check_positive(where, hidden=self.hidden)
+        check_probability(where, dropout=self.dropout)
 
 
 @IMAGE_ENCODERS.register("projection", ProjectionParams)
@@ -98,7 +108,7 @@ class ProjectionEncoder(ImageEncoder):
                      "use type cnn or efficientnet_lite0 for raw images")
         self.region_pool = params.region_pool
         self.head = ProjectionHead(context.image_feature_dim, context.embed_dim, params.hidden,
-                                   params.standardize)
+                                   params.standardize, params.dropout)
 
     def prepare(self, store: ImageStore, index: np.ndarray, train: bool) -> torch.Tensor:
         return feature_batch(store, index, "projection")

@@ -93,6 +93,8 @@ class ProjectionHead(nn.Module):
     - ``standardize``: first standardise each input dimension with running batch statistics
       (``BatchNorm1d`` without affine parameters), useful for raw backbone features whose
       dimensions have very different scales.
+    - ``dropout``: in training, drop input features with this probability (after
+      standardising; a regulariser for heads on small sets of frozen features).
     - A Linear map, plus (when ``hidden`` is set) a residual two-layer MLP
       ``Linear(d_in, hidden) → BatchNorm → ReLU → Linear(hidden, d_out)`` as in the VSE∞
       precomputed-feature encoder.
@@ -101,9 +103,10 @@ class ProjectionHead(nn.Module):
     """
 
     def __init__(self, d_in: int, d_out: int, hidden: int | None = None,
-                 standardize: bool = False) -> None:
+                 standardize: bool = False, dropout: float = 0.0) -> None:
         super().__init__()
         self.standardize = nn.BatchNorm1d(d_in, affine=False) if standardize else None
+        self.dropout = nn.Dropout(dropout)
         self.linear = nn.Linear(d_in, d_out)
         self.mlp = None
         if hidden is not None:
@@ -113,6 +116,7 @@ class ProjectionHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.standardize is not None:
             x = batch_norm_last(self.standardize, x)
+        x = self.dropout(x)
         out = self.linear(x)
         if self.mlp is None:
             return out

@@ -24,7 +24,8 @@ from vsekit.data.text import PAD_ID, Vocabulary, clean_caption_fne
 from vsekit.errors import VsekitError
 from vsekit.models.base import TEXT_ENCODERS, FreezableBackbone, ModelContext, TextEncoder
 from vsekit.models.features import gather_rows
-from vsekit.models.image import check_positive
+from vsekit.models.image import check_positive, check_probability
+from vsekit.models.layer_cache import LowerStates, compute_lower_states, run_layers
 from vsekit.models.pooling import ProjectionHead, length_mask, masked_mean
 
 # ---------------------------------------------------------------- word-level GRU
@@ -157,6 +158,14 @@ class HFParams:
     ``clean``: "fne" applies the FNE reference's caption preprocessing first.
     ``train_layers``: fine-tune only the top k transformer layers (embeddings and lower layers
     stay fixed, so backward stops at layer L−k); None trains all (unless ``freeze``).
+    ``length_buckets``: run the transformer on this many groups of captions of similar
+    length, each padded only to its own longest caption (same embeddings as one padded
+    batch, less work on padding; 1 = one group). Ignored with "mean_with_padding" pooling,
+    whose embeddings depend on the batch's padding.
+    ``cache_lower_layers``: with ``train_layers`` k, compute the fixed embeddings and lower
+    layers once per caption (in eval mode, so without dropout there) and run only the top k
+    layers at each step (:mod:`vsekit.models.layer_cache`); costs memory for every token of
+    every caption of the splits used (train: ~0.7 GB for Flickr8k with MiniLM).
     """
 
     model: str = MINILM
@@ -167,9 +176,20 @@ class HFParams:
     train_truncation: bool = True
     clean: Literal["none", "fne"] = "none"
     train_layers: int | None = None
+    length_buckets: int = 4
+    cache_lower_layers: bool = False
 
     def validate(self, where: str) -> None:
-        check_positive(where, max_length=self.max_length)
+        check_positive(where, max_length=self.max_length, length_buckets=self.length_buckets)
+        if self.cache_lower_layers:
+            needs = {"train_layers to be set": self.train_layers is not None,
+                     "freeze: false": not self.freeze,
+                     "train_truncation: true": self.train_truncation,
+                     "pooling mean or cls": self.pooling != "mean_with_padding"}
+            for what, ok in needs.items():
+                if not ok:
+                    raise VsekitError(f"{where}.cache_lower_layers needs {what}; change that "
+                                      f"or set cache_lower_layers: false")
         if self.train_layers is not None and self.train_layers < 0:
             raise VsekitError(f"{where}.train_layers must be >= 0 or null, got {self.train_layers}")
         resolve_model_path(self.model)
@@ -216,29 +236,83 @@ class HFEncoder(FreezableBackbone, TextEncoder):
                               f"embeddings, but model.embed_dim is {context.embed_dim}; set "
                               f"embed_dim to {hidden} or project: true")
         self.head = nn.Linear(hidden, context.embed_dim) if params.project else None
+        self.lower_states: dict[int, LowerStates] = {}
+        if params.cache_lower_layers and self.tokenizer.padding_side != "right":
+            raise VsekitError("cache_lower_layers needs a tokenizer that pads on the right; set "
+                              "cache_lower_layers: false for this model")
         self.train()
 
     def prepare(self, split: RetrievalSplit, caption_index: np.ndarray) -> dict[str, torch.Tensor]:
-        captions = [split.captions[i].strip() for i in caption_index]
-        if self.params.clean == "fne":
-            captions = [clean_caption_fne(c) for c in captions]
+        if self.params.cache_lower_layers:
+            hidden, mask = self.cached_states(split).batch(caption_index)
+            return {"hidden_states": hidden, "attention_mask": mask}
         truncate = self.params.train_truncation or not self.training
-        tokens = self.tokenizer(captions, padding=True, truncation=truncate,
-                                max_length=self.params.max_length if truncate else None,
-                                return_tensors="pt")
+        tokens = self.tokenize([split.captions[i] for i in caption_index], truncate)
         return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        with self.backbone_grad():
-            hidden = self.backbone(input_ids=input_ids,
-                                   attention_mask=attention_mask).last_hidden_state
-        if self.params.pooling == "mean":
-            pooled = masked_mean(hidden, attention_mask.bool())
-        elif self.params.pooling == "mean_with_padding":
-            pooled = hidden.mean(1)
+    def tokenize(self, captions: list[str], truncate: bool = True) -> dict[str, torch.Tensor]:
+        """Captions → right-padded ``input_ids`` / ``attention_mask`` [B, L] (cleaned first
+        with ``clean: fne``; truncated to ``max_length`` when ``truncate``)."""
+        captions = [c.strip() for c in captions]
+        if self.params.clean == "fne":
+            captions = [clean_caption_fne(c) for c in captions]
+        return self.tokenizer(captions, padding=True, truncation=truncate,
+                              max_length=self.params.max_length if truncate else None,
+                              return_tensors="pt")
+
+    def cached_states(self, split: RetrievalSplit) -> LowerStates:
+        """Lower-layer outputs of ``split``'s captions, computed on the split's first use and
+        kept (keyed by its caption list, which the entry holds, so the key stays unique)."""
+        key = id(split.captions)
+        if key not in self.lower_states:
+            layers = self.backbone.encoder.layer
+            self.lower_states[key] = compute_lower_states(
+                self.backbone.embeddings, layers[:len(layers) - self.params.train_layers],
+                self.tokenize, split.captions)
+        return self.lower_states[key]
+
+    def forward(self, attention_mask: torch.Tensor, input_ids: torch.Tensor | None = None,
+                hidden_states: torch.Tensor | None = None) -> torch.Tensor:
+        """Token ids [B, L], or cached lower-layer states [B, L, H] (``cache_lower_layers``),
+        with their mask [B, L] → [B, embed_dim]."""
+        inputs = input_ids if hidden_states is None else hidden_states
+        buckets = min(self.params.length_buckets, len(inputs))
+        if buckets <= 1 or not self.trims_padding:
+            pooled = self.pool(inputs, attention_mask)
         else:
-            pooled = hidden[:, 0]
+            order = attention_mask.sum(1).argsort()
+            pooled = torch.cat([self.pool(inputs[rows], attention_mask[rows])
+                                for rows in order.tensor_split(buckets)])
+            pooled = pooled[order.argsort()]
         return pooled if self.head is None else self.head(pooled)
+
+    @property
+    def trims_padding(self) -> bool:
+        """Whether padding can be cut without changing embeddings: right-padded tokens and a
+        pooling that ignores padding."""
+        return (self.params.pooling != "mean_with_padding"
+                and self.tokenizer.padding_side == "right")
+
+    def pool(self, inputs: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Token ids [B, L] (or cached lower-layer states [B, L, H]) → pooled transformer
+        output [B, hidden], padding beyond the group's longest caption trimmed first (right
+        padding, not for "mean_with_padding")."""
+        if self.trims_padding and len(attention_mask):
+            longest = int(attention_mask.sum(1).max())
+            inputs, attention_mask = inputs[:, :longest], attention_mask[:, :longest]
+        with self.backbone_grad():
+            if inputs.is_floating_point():
+                layers = self.backbone.encoder.layer
+                hidden = run_layers(layers[len(layers) - self.params.train_layers:], inputs,
+                                    attention_mask)
+            else:
+                hidden = self.backbone(input_ids=inputs,
+                                       attention_mask=attention_mask).last_hidden_state
+        if self.params.pooling == "mean":
+            return masked_mean(hidden, attention_mask.bool())
+        if self.params.pooling == "mean_with_padding":
+            return hidden.mean(1)
+        return hidden[:, 0]
 
 
 # ---------------------------------------------------------------- precomputed
@@ -247,14 +321,17 @@ class HFEncoder(FreezableBackbone, TextEncoder):
 @dataclass
 class PrecomputedTextParams:
     """Head on the split's precomputed caption features (``hidden``: residual MLP width,
-    ``standardize``: running standardisation of the inputs).
+    ``standardize``: running standardisation of the inputs, ``dropout``: probability of
+    dropping an input feature in training).
     """
 
     hidden: int | None = None
     standardize: bool = False
+    dropout: float = 0.0
 
     def validate(self, where: str) -> None:
         check_positive(where, hidden=self.hidden)
+        check_probability(where, dropout=self.dropout)
 
 
 _NO_CAPTION_FEATURES = ("text encoder 'precomputed' needs precomputed caption features, but "
@@ -271,7 +348,7 @@ class PrecomputedTextEncoder(TextEncoder):
         if context.caption_feature_dim is None:
             raise VsekitError(_NO_CAPTION_FEATURES)
         self.head = ProjectionHead(context.caption_feature_dim, context.embed_dim,
-                                   params.hidden, params.standardize)
+                                   params.hidden, params.standardize, params.dropout)
 
     def prepare(self, split: RetrievalSplit, caption_index: np.ndarray) -> dict[str, torch.Tensor]:
         if split.caption_features is None:
