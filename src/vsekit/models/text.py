@@ -265,11 +265,16 @@ class HFEncoder(FreezableBackbone, TextEncoder):
         kept (keyed by its caption list, which the entry holds, so the key stays unique)."""
         key = id(split.captions)
         if key not in self.lower_states:
-            layers = self.backbone.encoder.layer
-            self.lower_states[key] = compute_lower_states(
-                self.backbone.embeddings, layers[:len(layers) - self.params.train_layers],
-                self.tokenize, split.captions)
+            lower, _ = self.layer_groups()
+            self.lower_states[key] = compute_lower_states(self.backbone.embeddings, lower,
+                                                          self.tokenize, split.captions)
         return self.lower_states[key]
+
+    def layer_groups(self) -> tuple[nn.ModuleList, nn.ModuleList]:
+        """(fixed lower layers, top ``train_layers`` trained layers) of the transformer."""
+        layers = self.backbone.encoder.layer
+        cut = len(layers) - self.params.train_layers
+        return layers[:cut], layers[cut:]
 
     def forward(self, attention_mask: torch.Tensor, input_ids: torch.Tensor | None = None,
                 hidden_states: torch.Tensor | None = None) -> torch.Tensor:
@@ -302,9 +307,7 @@ class HFEncoder(FreezableBackbone, TextEncoder):
             inputs, attention_mask = inputs[:, :longest], attention_mask[:, :longest]
         with self.backbone_grad():
             if inputs.is_floating_point():
-                layers = self.backbone.encoder.layer
-                hidden = run_layers(layers[len(layers) - self.params.train_layers:], inputs,
-                                    attention_mask)
+                hidden = run_layers(self.layer_groups()[1], inputs, attention_mask)
             else:
                 hidden = self.backbone(input_ids=inputs,
                                        attention_mask=attention_mask).last_hidden_state
